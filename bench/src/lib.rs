@@ -1,0 +1,1 @@
+//! Benchmarks and same-workload baselines (filled in by the loadgen issue).

@@ -1,0 +1,2 @@
+//! ringwire
+pub mod proto;

@@ -1,0 +1,591 @@
+//! One TCP connection bound to a peer: handshake completion, message flow, acknowledgements,
+//! heartbeats and close (docs/protocol.md, "Connection states").
+//!
+//! ```text
+//!   dial ──► AwaitHello ──HELLO──► Established ──GOAWAY/CLOSE/EOF/error──► Closing
+//!   accept (HELLO already read) ─────┘      └──────── close(reason) ────────────┘
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::proto::ack::{AckPolicy, AckState};
+use crate::proto::error::{GoAwayReason, ProtocolError};
+use crate::proto::frame::{self, Decoder, Frame, Hello, Seq};
+use crate::proto::handshake::HelloInfo;
+use crate::proto::heartbeat::{Heartbeat, HeartbeatConfig};
+use crate::proto::session::{Delivery, Sessions, TxEntry};
+
+/// Settings shared by every connection of a node.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// This node's id, sent in HELLO.
+    pub node_id: Arc<str>,
+    /// The largest frame body this node accepts.
+    pub body_len_max: u32,
+    /// How long a connection may take to exchange HELLOs.
+    pub handshake_timeout: Duration,
+    pub heartbeat: HeartbeatConfig,
+    pub ack: AckPolicy,
+    /// Anchor for PING timestamps.
+    pub epoch: Instant,
+}
+
+/// Which side opened the TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Dialer,
+    Acceptor,
+}
+
+/// Why a connection is closing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The peer broke the protocol; a GOAWAY with its reason is queued.
+    Protocol(ProtocolError),
+    /// The peer sent GOAWAY.
+    GoAwayReceived {
+        reason: GoAwayReason,
+        retry_after_ms: u32,
+        message: String,
+    },
+    /// The peer sent CLOSE.
+    CloseReceived,
+    /// The stream ended cleanly between frames.
+    Eof,
+    /// This side closed the connection.
+    Local(GoAwayReason),
+}
+
+/// What a connection reports while it processes input.
+pub trait Events<T> {
+    /// A new message, in order, exactly once per session.
+    fn on_message(&mut self, seq: Seq, payload: &[u8]);
+    /// The peer acknowledged a message.
+    fn on_acked(&mut self, seq: Seq, entry: TxEntry<T>);
+}
+
+/// The protocol state of one connection.
+///
+/// Call order, once per loop turn: [`Connection::handle_bytes`] for each received chunk (or
+/// [`Connection::handle_eof`]), [`Connection::handle_timeout`] when [`Connection::poll_timeout`]
+/// has passed, then [`Connection::poll_transmit`] to collect what to send. The peer's
+/// [`Sessions`] are passed to every call because they outlive the connection.
+#[derive(Debug)]
+pub struct Connection {
+    decoder: Decoder,
+    core: Core,
+}
+
+#[derive(Debug)]
+struct Core {
+    role: Role,
+    config: Arc<ConnectionConfig>,
+    state: State,
+    /// Control frames queued for the next transmit (HELLO, final ACK, GOAWAY, CLOSE).
+    pending: Vec<u8>,
+    /// The node id a dialer expects to answer.
+    expected_peer: Option<Box<str>>,
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitHello { deadline: Instant },
+    Established(Established),
+    Closing(CloseCause),
+}
+
+#[derive(Debug)]
+struct Established {
+    ack: AckState,
+    heartbeat: Heartbeat,
+    /// Messages the receiver's state lost before this connection (see `RxSession::resume`).
+    lost_on_resume: u64,
+}
+
+impl Connection {
+    /// A dialed connection: queues this side's HELLO and waits for the peer's.
+    pub fn dial<T>(
+        config: Arc<ConnectionConfig>,
+        expected_peer: &str,
+        sessions: &Sessions<T>,
+        now: Instant,
+    ) -> Connection {
+        let mut core = Core {
+            role: Role::Dialer,
+            state: State::AwaitHello {
+                deadline: now + config.handshake_timeout,
+            },
+            config,
+            pending: Vec::new(),
+            expected_peer: Some(expected_peer.into()),
+        };
+        core.queue_hello(sessions);
+        Connection {
+            decoder: Decoder::new(core.config.body_len_max),
+            core,
+        }
+    }
+
+    /// An accepted connection whose HELLO was read by
+    /// [`Accepting`](crate::proto::handshake::Accepting): resumes the sessions from it, queues
+    /// the answering HELLO and is established at once.
+    ///
+    /// # Errors
+    ///
+    /// A resume point beyond what this side ever sent is [`ProtocolError::AckBeyondSent`].
+    pub fn accept<T>(
+        config: Arc<ConnectionConfig>,
+        hello: &HelloInfo,
+        sessions: &mut Sessions<T>,
+        now: Instant,
+        events: &mut impl Events<T>,
+    ) -> Result<Connection, ProtocolError> {
+        let mut core = Core {
+            role: Role::Acceptor,
+            state: State::AwaitHello {
+                deadline: now + config.handshake_timeout,
+            },
+            config,
+            pending: Vec::new(),
+            expected_peer: None,
+        };
+        core.establish(hello, sessions, now, events)?;
+        core.queue_hello(sessions);
+        Ok(Connection {
+            decoder: Decoder::new(core.config.body_len_max),
+            core,
+        })
+    }
+
+    /// Feeds bytes received from the socket; delivers messages and acks through `events`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ProtocolError`]: a GOAWAY is queued and the connection is closing. Send what
+    /// [`Connection::poll_transmit`] returns, then close the socket.
+    pub fn handle_bytes<T>(
+        &mut self,
+        sessions: &mut Sessions<T>,
+        data: &[u8],
+        now: Instant,
+        events: &mut impl Events<T>,
+    ) -> Result<(), ProtocolError> {
+        if matches!(self.core.state, State::Closing(_)) {
+            return Ok(());
+        }
+        let core = &mut self.core;
+        let result = self.decoder.decode(data, |frame| {
+            core.handle_frame(frame, sessions, now, events)
+        });
+        if let State::Established(e) = &mut self.core.state {
+            e.heartbeat.handle_rx(now);
+        }
+        result.inspect_err(|err| self.core.fail(err.clone()))
+    }
+
+    /// The peer closed its side of the stream.
+    pub fn handle_eof(&mut self) {
+        if matches!(self.core.state, State::Closing(_)) {
+            return;
+        }
+        if self.decoder.has_partial() {
+            self.core.fail(ProtocolError::TruncatedFrame);
+        } else {
+            self.core.state = State::Closing(CloseCause::Eof);
+        }
+    }
+
+    /// Checks the handshake deadline and the heartbeat timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::HandshakeTimeout`] or [`ProtocolError::IdleTimeout`]; the connection is
+    /// then closing with a GOAWAY queued.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ProtocolError> {
+        let err = match &self.core.state {
+            State::AwaitHello { deadline } if now >= *deadline => ProtocolError::HandshakeTimeout,
+            State::Established(e) if e.heartbeat.is_dead(now) => ProtocolError::IdleTimeout,
+            _ => return Ok(()),
+        };
+        self.core.fail(err.clone());
+        Err(err)
+    }
+
+    /// Closes from this side: writes any pending ACK, then GOAWAY with `reason` (or CLOSE for
+    /// [`GoAwayReason::Normal`]).
+    pub fn close<T>(&mut self, sessions: &Sessions<T>, reason: GoAwayReason, message: &str) {
+        if matches!(self.core.state, State::Closing(_)) {
+            return;
+        }
+        if let State::Established(e) = &mut self.core.state
+            && e.ack.poll_timeout().is_some()
+        {
+            Frame::Ack {
+                seq: sessions.rx.seq_delivered(),
+            }
+            .encode(&mut self.core.pending);
+            e.ack.handle_sent();
+        }
+        if reason == GoAwayReason::Normal {
+            Frame::Close.encode(&mut self.core.pending);
+        } else {
+            Frame::GoAway {
+                reason,
+                retry_after_ms: 0,
+                message,
+            }
+            .encode(&mut self.core.pending);
+        }
+        self.core.state = State::Closing(CloseCause::Local(reason));
+    }
+
+    /// Appends what is due to `out`: queued control frames, a PONG, a PING, an ACK, then
+    /// messages until `budget` bytes were added (at least one message if any is waiting).
+    /// Returns the number of messages written.
+    pub fn poll_transmit<T>(
+        &mut self,
+        sessions: &mut Sessions<T>,
+        now: Instant,
+        out: &mut Vec<u8>,
+        budget: usize,
+    ) -> usize {
+        let start = out.len();
+        out.append(&mut self.core.pending);
+        let State::Established(e) = &mut self.core.state else {
+            return 0;
+        };
+        if let Some(timestamp) = e.heartbeat.poll_pong() {
+            Frame::Pong { timestamp }.encode(out);
+        }
+        if let Some(timestamp) = e.heartbeat.poll_ping(now) {
+            Frame::Ping { timestamp }.encode(out);
+        }
+        if e.ack.is_due(now) {
+            Frame::Ack {
+                seq: sessions.rx.seq_delivered(),
+            }
+            .encode(out);
+            e.ack.handle_sent();
+        }
+        let mut count = 0;
+        while out.len() - start < budget {
+            let Some((seq, payload)) = sessions.tx.poll_transmit() else {
+                break;
+            };
+            frame::encode_msg(seq, payload, out);
+            count += 1;
+        }
+        count
+    }
+
+    /// Whether [`Connection::poll_transmit`] has something to write now.
+    pub fn wants_transmit<T>(&self, sessions: &Sessions<T>, now: Instant) -> bool {
+        if !self.core.pending.is_empty() {
+            return true;
+        }
+        match &self.core.state {
+            State::Established(e) => {
+                sessions.tx.has_unsent() || e.ack.is_due(now) || e.heartbeat.poll_timeout() <= now
+            }
+            _ => false,
+        }
+    }
+
+    /// The next instant at which [`Connection::handle_timeout`] or
+    /// [`Connection::poll_transmit`] has work, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.core.state {
+            State::AwaitHello { deadline } => Some(*deadline),
+            State::Established(e) => {
+                let hb = e.heartbeat.poll_timeout();
+                Some(e.ack.poll_timeout().map_or(hb, |ack| ack.min(hb)))
+            }
+            State::Closing(_) => None,
+        }
+    }
+
+    /// Why the connection is closing, once it is.
+    pub fn close_cause(&self) -> Option<&CloseCause> {
+        match &self.core.state {
+            State::Closing(cause) => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// Whether both HELLOs were exchanged and the connection is not closing.
+    pub fn is_established(&self) -> bool {
+        matches!(self.core.state, State::Established(_))
+    }
+
+    /// Which side opened the connection.
+    pub fn role(&self) -> Role {
+        self.core.role
+    }
+
+    /// The smoothed round-trip time, once measured.
+    pub fn srtt(&self) -> Option<Duration> {
+        match &self.core.state {
+            State::Established(e) => e.heartbeat.srtt(),
+            _ => None,
+        }
+    }
+
+    /// Messages the peer had already dropped that this side never delivered, as learned when
+    /// the connection was established (non-zero only after a receiver lost its state).
+    pub fn lost_on_resume(&self) -> u64 {
+        match &self.core.state {
+            State::Established(e) => e.lost_on_resume,
+            _ => 0,
+        }
+    }
+}
+
+impl Core {
+    fn handle_frame<T>(
+        &mut self,
+        frame: Frame<'_>,
+        sessions: &mut Sessions<T>,
+        now: Instant,
+        events: &mut impl Events<T>,
+    ) -> Result<(), ProtocolError> {
+        match &mut self.state {
+            State::Closing(_) => Ok(()),
+            State::AwaitHello { .. } => match frame {
+                Frame::Hello(hello) => {
+                    if self.expected_peer.as_deref() != Some(hello.node_id) {
+                        return Err(ProtocolError::WrongPeer);
+                    }
+                    self.establish(&HelloInfo::from(&hello), sessions, now, events)
+                }
+                Frame::GoAway {
+                    reason,
+                    retry_after_ms,
+                    message,
+                } => {
+                    self.state = State::Closing(CloseCause::GoAwayReceived {
+                        reason,
+                        retry_after_ms,
+                        message: message.to_owned(),
+                    });
+                    Ok(())
+                }
+                other => Err(ProtocolError::UnexpectedFrame {
+                    kind: other.kind(),
+                    state: "awaiting hello",
+                }),
+            },
+            State::Established(e) => match frame {
+                Frame::Msg { seq, payload } => {
+                    if sessions.rx.handle_msg(seq)? == Delivery::Deliver {
+                        events.on_message(seq, payload);
+                    }
+                    e.ack.handle_received(now);
+                    Ok(())
+                }
+                Frame::Ack { seq } => sessions
+                    .tx
+                    .handle_ack(seq, |s, entry| events.on_acked(s, entry)),
+                Frame::Ping { timestamp } => {
+                    e.heartbeat.handle_ping(timestamp);
+                    Ok(())
+                }
+                Frame::Pong { timestamp } => {
+                    e.heartbeat.handle_pong(timestamp, now);
+                    Ok(())
+                }
+                Frame::GoAway {
+                    reason,
+                    retry_after_ms,
+                    message,
+                } => {
+                    self.state = State::Closing(CloseCause::GoAwayReceived {
+                        reason,
+                        retry_after_ms,
+                        message: message.to_owned(),
+                    });
+                    Ok(())
+                }
+                Frame::Close => {
+                    self.state = State::Closing(CloseCause::CloseReceived);
+                    Ok(())
+                }
+                other @ (Frame::Hello(_) | Frame::Auth { .. }) => {
+                    Err(ProtocolError::UnexpectedFrame {
+                        kind: other.kind(),
+                        state: "established",
+                    })
+                }
+            },
+        }
+    }
+
+    fn establish<T>(
+        &mut self,
+        hello: &HelloInfo,
+        sessions: &mut Sessions<T>,
+        now: Instant,
+        events: &mut impl Events<T>,
+    ) -> Result<(), ProtocolError> {
+        sessions
+            .tx
+            .resume(hello.rx_session, hello.rx_delivered, |s, entry| {
+                events.on_acked(s, entry)
+            })?;
+        let lost_on_resume = sessions.rx.resume(hello.tx_session, hello.tx_seq_first);
+        self.state = State::Established(Established {
+            ack: AckState::new(self.config.ack),
+            heartbeat: Heartbeat::new(self.config.heartbeat, self.config.epoch, now),
+            lost_on_resume,
+        });
+        Ok(())
+    }
+
+    fn queue_hello<T>(&mut self, sessions: &Sessions<T>) {
+        Frame::Hello(Hello {
+            caps: 0,
+            body_len_max: self.config.body_len_max,
+            tx_session: sessions.tx.id(),
+            tx_seq_first: sessions.tx.seq_first(),
+            rx_session: sessions.rx.id(),
+            rx_delivered: sessions.rx.seq_delivered(),
+            node_id: &self.config.node_id,
+        })
+        .encode(&mut self.pending);
+    }
+
+    fn fail(&mut self, err: ProtocolError) {
+        if matches!(self.state, State::Closing(_)) {
+            return;
+        }
+        Frame::GoAway {
+            reason: err.reason(),
+            retry_after_ms: 0,
+            message: &err.to_string(),
+        }
+        .encode(&mut self.pending);
+        self.state = State::Closing(CloseCause::Protocol(err));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::proto::frame::{BODY_LEN_MAX_DEFAULT, SessionId};
+    use crate::proto::handshake::Accepting;
+
+    #[derive(Default)]
+    struct Log {
+        messages: Vec<(u64, Vec<u8>)>,
+        acked: Vec<u64>,
+    }
+
+    impl Events<()> for Log {
+        fn on_message(&mut self, seq: Seq, payload: &[u8]) {
+            self.messages.push((seq.0, payload.to_vec()));
+        }
+        fn on_acked(&mut self, seq: Seq, _: TxEntry<()>) {
+            self.acked.push(seq.0);
+        }
+    }
+
+    fn config(node: &str, t0: Instant) -> Arc<ConnectionConfig> {
+        Arc::new(ConnectionConfig {
+            node_id: node.into(),
+            body_len_max: BODY_LEN_MAX_DEFAULT,
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat: HeartbeatConfig::default(),
+            ack: AckPolicy::default(),
+            epoch: t0,
+        })
+    }
+
+    fn transmit(conn: &mut Connection, s: &mut Sessions<()>, now: Instant) -> Vec<u8> {
+        let mut out = Vec::new();
+        conn.poll_transmit(s, now, &mut out, usize::MAX);
+        out
+    }
+
+    /// Dials `a` to `b`, returning both established connections.
+    fn connect(
+        a: &mut Sessions<()>,
+        b: &mut Sessions<()>,
+        t0: Instant,
+        log: &mut Log,
+    ) -> (Connection, Connection) {
+        let mut dialer = Connection::dial(config("a", t0), "b", a, t0);
+        let hello = transmit(&mut dialer, a, t0);
+        let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + Duration::from_secs(5));
+        let info = acc.handle_bytes(&hello).unwrap().unwrap();
+        assert_eq!(info.node_id, "a");
+        let mut acceptor = Connection::accept(config("b", t0), &info, b, t0, log).unwrap();
+        let reply = transmit(&mut acceptor, b, t0);
+        dialer.handle_bytes(a, &reply, t0, log).unwrap();
+        assert!(dialer.is_established() && acceptor.is_established());
+        (dialer, acceptor)
+    }
+
+    #[test]
+    fn messages_flow_are_acked_and_replayed_after_reconnect() {
+        let t0 = Instant::now();
+        let mut a = Sessions::new(SessionId(Uuid::from_u128(1)));
+        let mut b = Sessions::new(SessionId(Uuid::from_u128(2)));
+        let mut log = Log::default();
+        let (mut da, mut ab) = connect(&mut a, &mut b, t0, &mut log);
+        for i in 1..=4u64 {
+            a.tx.push(Seq(i), Bytes::from(vec![i as u8]), ());
+        }
+        let bytes = transmit(&mut da, &mut a, t0);
+        // Deliver only the first two MSG frames (17 bytes each) before the link dies.
+        ab.handle_bytes(&mut b, &bytes[..34], t0, &mut log).unwrap();
+        assert_eq!(log.messages, [(1, vec![1]), (2, vec![2])]);
+        a.tx.handle_disconnect();
+
+        let mut log2 = Log::default();
+        let (mut da, mut ab) = connect(&mut a, &mut b, t0, &mut log2);
+        assert_eq!(
+            log2.acked,
+            [1, 2],
+            "the acceptor's HELLO acknowledged what it delivered"
+        );
+        let bytes = transmit(&mut da, &mut a, t0);
+        ab.handle_bytes(&mut b, &bytes, t0, &mut log2).unwrap();
+        assert_eq!(log2.messages, [(3, vec![3]), (4, vec![4])]);
+        let ack = transmit(&mut ab, &mut b, t0);
+        da.handle_bytes(&mut a, &ack, t0, &mut log2).unwrap();
+        assert_eq!(log2.acked, [1, 2, 3, 4]);
+        assert_eq!(a.tx.unacked_count(), 0);
+    }
+
+    #[test]
+    fn wrong_peer_and_timeouts_queue_a_goaway() {
+        let t0 = Instant::now();
+        let mut a: Sessions<()> = Sessions::new(SessionId(Uuid::from_u128(1)));
+        let mut dialer = Connection::dial(config("a", t0), "not-b", &a, t0);
+        let mut reply = Vec::new();
+        let b: Sessions<()> = Sessions::new(SessionId(Uuid::from_u128(2)));
+        Connection::dial(config("b", t0), "a", &b, t0).poll_transmit(
+            &mut Sessions::<()>::new(SessionId::NIL),
+            t0,
+            &mut reply,
+            0,
+        );
+        transmit(&mut dialer, &mut a, t0);
+        let err = dialer
+            .handle_bytes(&mut a, &reply, t0, &mut Log::default())
+            .unwrap_err();
+        assert_eq!(err, ProtocolError::WrongPeer);
+        let goaway = transmit(&mut dialer, &mut a, t0);
+        assert_eq!(goaway[4], frame::Kind::GoAway as u8);
+
+        let mut stalled = Connection::dial(config("a", t0), "b", &a, t0);
+        assert_eq!(stalled.handle_timeout(t0 + Duration::from_secs(1)), Ok(()));
+        assert_eq!(
+            stalled.handle_timeout(t0 + Duration::from_secs(5)),
+            Err(ProtocolError::HandshakeTimeout)
+        );
+    }
+}

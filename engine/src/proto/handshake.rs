@@ -1,0 +1,178 @@
+//! The acceptor's side of the handshake, before the connection belongs to a peer
+//! (docs/protocol.md, "Handshake").
+//!
+//! The dialer sends HELLO and then waits for the acceptor's HELLO before it sends anything
+//! else. So an accepted connection carries exactly one frame until it is answered: the
+//! acceptor reads it here, the shard finds (or creates) the peer it names, possibly on another
+//! shard, and [`Connection::accept`](crate::proto::Connection::accept) answers it. Because
+//! nothing may follow the HELLO, handing the socket to another shard never strands bytes.
+
+use std::time::Instant;
+
+use crate::proto::error::ProtocolError;
+use crate::proto::frame::{Decoder, Frame, Hello, Seq, SessionId};
+
+/// An owned copy of a peer's HELLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloInfo {
+    pub caps: u32,
+    pub body_len_max: u32,
+    pub tx_session: SessionId,
+    pub tx_seq_first: Seq,
+    pub rx_session: SessionId,
+    pub rx_delivered: Seq,
+    pub node_id: String,
+}
+
+impl From<&Hello<'_>> for HelloInfo {
+    fn from(h: &Hello<'_>) -> HelloInfo {
+        HelloInfo {
+            caps: h.caps,
+            body_len_max: h.body_len_max,
+            tx_session: h.tx_session,
+            tx_seq_first: h.tx_seq_first,
+            rx_session: h.rx_session,
+            rx_delivered: h.rx_delivered,
+            node_id: h.node_id.to_owned(),
+        }
+    }
+}
+
+/// An accepted connection waiting for the dialer's HELLO.
+///
+/// Call [`Accepting::handle_bytes`] with everything received until it returns the HELLO, and
+/// [`Accepting::handle_timeout`] when [`Accepting::deadline`] passes.
+#[derive(Debug)]
+pub struct Accepting {
+    decoder: Decoder,
+    deadline: Instant,
+    hello: Option<HelloInfo>,
+}
+
+impl Accepting {
+    /// Starts waiting; the HELLO must be complete by `deadline`.
+    pub fn new(body_len_max: u32, deadline: Instant) -> Accepting {
+        Accepting {
+            decoder: Decoder::new(body_len_max),
+            deadline,
+            hello: None,
+        }
+    }
+
+    /// Feeds received bytes. Returns the HELLO once it is complete.
+    ///
+    /// # Errors
+    ///
+    /// Any frame other than a first HELLO, or anything after it, is a [`ProtocolError`], as is
+    /// a HELLO that does not parse.
+    pub fn handle_bytes(&mut self, data: &[u8]) -> Result<Option<HelloInfo>, ProtocolError> {
+        let hello = &mut self.hello;
+        self.decoder
+            .decode(data, |frame| match (frame, hello.is_some()) {
+                (Frame::Hello(h), false) => {
+                    *hello = Some(HelloInfo::from(&h));
+                    Ok(())
+                }
+                (frame, answered) => Err(ProtocolError::UnexpectedFrame {
+                    kind: frame.kind(),
+                    state: if answered {
+                        "awaiting the hello reply"
+                    } else {
+                        "awaiting hello"
+                    },
+                }),
+            })?;
+        Ok(self.hello.take())
+    }
+
+    /// Fails the handshake once the deadline has passed.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::HandshakeTimeout`] at or after the deadline.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ProtocolError> {
+        if now >= self.deadline {
+            Err(ProtocolError::HandshakeTimeout)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The stream ended: a half-received frame is reported as truncated.
+    pub fn handle_eof(&self) -> Option<ProtocolError> {
+        self.decoder
+            .has_partial()
+            .then_some(ProtocolError::TruncatedFrame)
+    }
+
+    /// When the handshake times out.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::proto::frame::BODY_LEN_MAX_DEFAULT;
+
+    fn hello_bytes() -> Vec<u8> {
+        let mut out = Vec::new();
+        Frame::Hello(Hello {
+            caps: 0,
+            body_len_max: 1024,
+            tx_session: SessionId::NIL,
+            tx_seq_first: Seq(1),
+            rx_session: SessionId::NIL,
+            rx_delivered: Seq(0),
+            node_id: "dialer",
+        })
+        .encode(&mut out);
+        out
+    }
+
+    #[test]
+    fn hello_split_anywhere_is_returned_once() {
+        let bytes = hello_bytes();
+        for cut in 0..bytes.len() {
+            let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, Instant::now());
+            assert_eq!(acc.handle_bytes(&bytes[..cut]).unwrap(), None);
+            let hello = acc.handle_bytes(&bytes[cut..]).unwrap().unwrap();
+            assert_eq!(hello.node_id, "dialer");
+        }
+    }
+
+    #[test]
+    fn anything_but_a_lone_hello_is_rejected() {
+        let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, Instant::now());
+        let mut ping = Vec::new();
+        Frame::Ping { timestamp: 1 }.encode(&mut ping);
+        assert!(matches!(
+            acc.handle_bytes(&ping),
+            Err(ProtocolError::UnexpectedFrame { .. })
+        ));
+
+        let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, Instant::now());
+        let mut both = hello_bytes();
+        both.extend_from_slice(&ping);
+        assert!(matches!(
+            acc.handle_bytes(&both),
+            Err(ProtocolError::UnexpectedFrame { .. })
+        ));
+    }
+
+    #[test]
+    fn half_a_hello_times_out_or_truncates() {
+        let t0 = Instant::now();
+        let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + Duration::from_secs(1));
+        acc.handle_bytes(&hello_bytes()[..20]).unwrap();
+        assert_eq!(acc.handle_timeout(t0), Ok(()));
+        assert_eq!(
+            acc.handle_timeout(t0 + Duration::from_secs(1)),
+            Err(ProtocolError::HandshakeTimeout)
+        );
+        assert_eq!(acc.handle_eof(), Some(ProtocolError::TruncatedFrame));
+    }
+}
