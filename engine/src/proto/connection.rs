@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::proto::ack::{AckPolicy, AckState};
 use crate::proto::error::{GoAwayReason, ProtocolError};
-use crate::proto::frame::{self, Decoder, Frame, Hello, Seq};
+use crate::proto::frame::{self, Decoder, Frame, Hello, Seq, SessionId};
 use crate::proto::handshake::HelloInfo;
 use crate::proto::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::proto::session::{Delivery, Sessions, TxEntry};
@@ -59,8 +59,8 @@ pub enum CloseCause {
 
 /// What a connection reports while it processes input.
 pub trait Events<T> {
-    /// A new message, in order, exactly once per session.
-    fn on_message(&mut self, seq: Seq, payload: &[u8]);
+    /// A new message of the peer's `session`, in order, exactly once.
+    fn on_message(&mut self, session: SessionId, seq: Seq, payload: &[u8]);
     /// The peer acknowledged a message.
     fn on_acked(&mut self, seq: Seq, entry: TxEntry<T>);
 }
@@ -378,7 +378,7 @@ impl Core {
             State::Established(e) => match frame {
                 Frame::Msg { seq, payload } => {
                     if sessions.rx.handle_msg(seq)? == Delivery::Deliver {
-                        events.on_message(seq, payload);
+                        events.on_message(sessions.rx.id(), seq, payload);
                     }
                     e.ack.handle_received(now);
                     Ok(())
@@ -474,7 +474,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::proto::frame::{BODY_LEN_MAX_DEFAULT, SessionId};
+    use crate::proto::frame::BODY_LEN_MAX_DEFAULT;
     use crate::proto::handshake::Accepting;
 
     #[derive(Default)]
@@ -484,7 +484,7 @@ mod tests {
     }
 
     impl Events<()> for Log {
-        fn on_message(&mut self, seq: Seq, payload: &[u8]) {
+        fn on_message(&mut self, _: SessionId, seq: Seq, payload: &[u8]) {
             self.messages.push((seq.0, payload.to_vec()));
         }
         fn on_acked(&mut self, seq: Seq, _: TxEntry<()>) {

@@ -1,0 +1,221 @@
+//! Engine and peer configuration, with the documented defaults.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::proto::ack::AckPolicy;
+use crate::proto::frame::{BODY_LEN_MAX_DEFAULT, MSG_PREFIX_LEN, NODE_ID_LEN_MAX};
+use crate::proto::heartbeat::HeartbeatConfig;
+
+/// Every engine setting. Built by [`EngineBuilder`](crate::EngineBuilder); each field's doc
+/// gives its default.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// This node's id (required): 1 to 255 bytes of UTF-8.
+    pub node_id: String,
+    /// Address to accept peers on; `None` (default) makes a dial-only node.
+    pub listen: Option<SocketAddr>,
+    /// Number of shards (default: available cores).
+    pub shards: usize,
+    /// Pin shard `i` to core `i % cores` (default `true`).
+    pub pin_shards: bool,
+    /// Largest frame body accepted and sent (default 16 MiB). A payload may be 8 bytes less.
+    pub body_len_max: u32,
+    /// Messages a peer's publish queue holds before `publish` returns `Backpressure`
+    /// (default 8192, rounded up to a power of two).
+    pub peer_queue_len: usize,
+    /// Unacknowledged messages a shard keeps per peer before it stops taking more from the
+    /// peer's queue (default 65,536).
+    pub unacked_count_max: usize,
+    /// Unacknowledged payload bytes a shard keeps per peer, likewise (default 64 MiB).
+    pub unacked_bytes_max: usize,
+    /// Submission queue entries per shard ring (default 1024).
+    pub ring_entries: u32,
+    /// Size of each provided receive buffer (default 32 KiB).
+    pub recv_buf_len: u32,
+    /// Number of provided receive buffers per shard, a power of two (default 256).
+    pub recv_buf_count: u16,
+    /// Bytes coalesced into one send per connection per loop turn (default 256 KiB).
+    pub send_batch_bytes_max: usize,
+    /// Time allowed for the HELLO exchange (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Time allowed for a TCP connect (default 5 s).
+    pub connect_timeout: Duration,
+    /// Heartbeat cadence (default PING every 30 s, dead after 90 s of silence).
+    pub heartbeat: HeartbeatConfig,
+    /// ACK coalescing (default: every 1024 messages or at the end of the loop turn).
+    pub ack: AckPolicy,
+    /// Redial backoff (seed defaults: 100 ms doubling to 30 s, ±10 % jitter).
+    pub backoff: Backoff,
+    /// How long an idle shard keeps polling before it parks (default zero: park at once).
+    pub idle_spin: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but the node id.
+    pub fn new(node_id: impl Into<String>) -> Config {
+        Config {
+            node_id: node_id.into(),
+            listen: None,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_shards: true,
+            body_len_max: BODY_LEN_MAX_DEFAULT,
+            peer_queue_len: 8192,
+            unacked_count_max: 65_536,
+            unacked_bytes_max: 64 << 20,
+            ring_entries: 1024,
+            recv_buf_len: 32 * 1024,
+            recv_buf_count: 256,
+            send_batch_bytes_max: 256 * 1024,
+            handshake_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            heartbeat: HeartbeatConfig::default(),
+            ack: AckPolicy::default(),
+            backoff: Backoff::default(),
+            idle_spin: Duration::ZERO,
+        }
+    }
+
+    /// The largest payload `publish` accepts.
+    pub fn payload_len_max(&self) -> usize {
+        self.body_len_max as usize - MSG_PREFIX_LEN
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let invalid = |msg: &str| Err(Error::InvalidConfig(msg.to_owned()));
+        if self.node_id.is_empty() || self.node_id.len() > NODE_ID_LEN_MAX {
+            return invalid("node_id must be 1 to 255 bytes");
+        }
+        if self.shards == 0 || self.shards > 1024 {
+            return invalid("shards must be 1 to 1024");
+        }
+        if (self.body_len_max as usize) <= MSG_PREFIX_LEN {
+            return invalid("body_len_max must exceed 8 bytes");
+        }
+        if self.peer_queue_len == 0 || self.unacked_count_max == 0 || self.unacked_bytes_max == 0 {
+            return invalid("queue and unacked limits must be positive");
+        }
+        if !self.recv_buf_count.is_power_of_two() || self.recv_buf_count > 32_768 {
+            return invalid("recv_buf_count must be a power of two up to 32768");
+        }
+        if self.recv_buf_len < 512 {
+            return invalid("recv_buf_len must be at least 512 bytes");
+        }
+        if self.ring_entries < 8 || self.send_batch_bytes_max == 0 {
+            return invalid("ring_entries must be at least 8 and send_batch_bytes_max positive");
+        }
+        if self.heartbeat.interval.is_zero() || self.heartbeat.timeout <= self.heartbeat.interval {
+            return invalid("heartbeat timeout must exceed a non-zero interval");
+        }
+        self.backoff.validate()
+    }
+}
+
+/// Exponential backoff with jitter:
+/// `delay = min(initial * multiplier^attempt, max) * (1 ± jitter)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// First delay (default 100 ms).
+    pub initial: Duration,
+    /// Cap (default 30 s).
+    pub max: Duration,
+    /// Growth per attempt (default 2.0).
+    pub multiplier: f64,
+    /// Relative jitter, 0.0 to 1.0 (default 0.1).
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            multiplier: 2.0,
+            jitter: 0.1,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (0-based); `unit_random` is uniform in [0, 1).
+    pub fn delay(&self, attempt: u32, unit_random: f64) -> Duration {
+        let base = self.initial.as_secs_f64() * self.multiplier.powi(attempt.min(64) as i32);
+        let base = base.min(self.max.as_secs_f64());
+        let factor = 1.0 + self.jitter * (2.0 * unit_random - 1.0);
+        Duration::from_secs_f64((base * factor).max(0.0))
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if !(0.0..=1.0).contains(&self.jitter) || self.multiplier < 1.0 || self.initial > self.max {
+            return Err(Error::InvalidConfig(
+                "backoff needs 0 <= jitter <= 1, multiplier >= 1 and initial <= max".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A peer to dial: its node id and one or more endpoints, tried in order.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub(crate) node_id: String,
+    pub(crate) endpoints: Vec<SocketAddr>,
+    pub(crate) unresolved: Vec<String>,
+}
+
+impl PeerConfig {
+    /// A peer reachable at `endpoints` (anything `ToSocketAddrs` accepts, e.g. `"10.0.1.2:9100"`
+    /// or a `SocketAddr`). Names are resolved here; one that does not resolve is reported by
+    /// [`Engine::connect`](crate::Engine::connect).
+    pub fn new<I, A>(node_id: impl Into<String>, endpoints: I) -> PeerConfig
+    where
+        I: IntoIterator<Item = A>,
+        A: ToSocketAddrs + std::fmt::Debug,
+    {
+        let mut resolved = Vec::new();
+        let mut unresolved = Vec::new();
+        for endpoint in endpoints {
+            match endpoint.to_socket_addrs() {
+                Ok(addrs) => resolved.extend(addrs),
+                Err(_) => unresolved.push(format!("{endpoint:?}")),
+            }
+        }
+        PeerConfig {
+            node_id: node_id.into(),
+            endpoints: resolved,
+            unresolved,
+        }
+    }
+
+    /// The peer's node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_follows_the_seed_table() {
+        let b = Backoff::default();
+        assert_eq!(b.delay(0, 0.5), Duration::from_millis(100));
+        assert_eq!(b.delay(3, 0.5), Duration::from_millis(800));
+        assert_eq!(b.delay(20, 0.5), Duration::from_secs(30));
+        assert!(b.delay(0, 0.0) >= Duration::from_millis(90));
+        assert!(b.delay(0, 0.999) <= Duration::from_millis(110));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let mut c = Config::new("");
+        assert!(c.validate().is_err());
+        c.node_id = "n".into();
+        assert!(c.validate().is_ok());
+        c.recv_buf_count = 100;
+        assert!(c.validate().is_err());
+    }
+}

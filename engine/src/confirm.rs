@@ -1,0 +1,112 @@
+//! The future returned by `publish_confirmed`: a one-shot slot completed by the shard.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use crate::MessageId;
+use crate::error::Error;
+
+const PENDING: u8 = 0;
+const ACKED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Completion slot shared between a [`Confirm`] future and the shard holding the message.
+#[derive(Debug)]
+pub(crate) struct ConfirmSlot {
+    state: AtomicU8,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl ConfirmSlot {
+    pub(crate) fn new() -> ConfirmSlot {
+        ConfirmSlot {
+            state: AtomicU8::new(PENDING),
+            waker: Mutex::new(None),
+        }
+    }
+
+    /// The peer acknowledged the message.
+    pub(crate) fn complete(&self) {
+        self.finish(ACKED);
+    }
+
+    /// The engine shut down before the peer acknowledged the message.
+    pub(crate) fn fail(&self) {
+        self.finish(FAILED);
+    }
+
+    fn finish(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Resolves when the peer has acknowledged a message published with
+/// [`Engine::publish_confirmed`](crate::Engine::publish_confirmed).
+///
+/// Works with any executor: it only stores the task's waker, and the shard wakes it.
+///
+/// # Cancel safety
+///
+/// Dropping the future does not withdraw the message: it was accepted when the future was
+/// created and is still delivered. Only the notification is lost.
+#[derive(Debug)]
+#[must_use = "a Confirm does nothing unless awaited; the message is sent either way"]
+pub struct Confirm {
+    id: Option<MessageId>,
+    state: Result<Arc<ConfirmSlot>, Option<Error>>,
+}
+
+impl Confirm {
+    pub(crate) fn pending(id: MessageId, slot: Arc<ConfirmSlot>) -> Confirm {
+        Confirm {
+            id: Some(id),
+            state: Ok(slot),
+        }
+    }
+
+    pub(crate) fn failed(err: Error) -> Confirm {
+        Confirm {
+            id: None,
+            state: Err(Some(err)),
+        }
+    }
+
+    /// The id of the message, unless `publish` refused it.
+    pub fn id(&self) -> Option<MessageId> {
+        self.id
+    }
+}
+
+impl Future for Confirm {
+    type Output = Result<MessageId, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let slot = match &mut this.state {
+            Err(err) => return Poll::Ready(Err(err.take().unwrap_or(Error::ShuttingDown))),
+            Ok(slot) => slot,
+        };
+        let id = this.id.expect("a pending confirm has an id");
+        let check = |slot: &ConfirmSlot| match slot.state.load(Ordering::Acquire) {
+            ACKED => Some(Ok(id)),
+            FAILED => Some(Err(Error::ShuttingDown)),
+            _ => None,
+        };
+        if let Some(result) = check(slot) {
+            return Poll::Ready(result);
+        }
+        *slot.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // Re-check: the shard may have finished between the first check and the registration.
+        match check(slot) {
+            Some(result) => Poll::Ready(result),
+            None => Poll::Pending,
+        }
+    }
+}

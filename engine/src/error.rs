@@ -1,0 +1,71 @@
+//! The public error type: who is at fault, and what the caller can do about it.
+
+use std::fmt;
+use std::io;
+
+use bytes::Bytes;
+
+/// Everything that can go wrong when using an [`Engine`](crate::Engine).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer's queue is full. The payload is handed back; retry later.
+    Backpressure(Bytes),
+    /// A payload is larger than a MSG frame can carry.
+    PayloadTooLarge { len: usize, len_max: usize },
+    /// A configuration value is invalid; the message says which and why.
+    InvalidConfig(String),
+    /// The engine is shutting down, or shut down before the peer acknowledged a message.
+    ShuttingDown,
+    /// Graceful shutdown ran out of time with messages still unacknowledged.
+    DrainTimeout { unacked: u64 },
+    /// The kernel lacks an io_uring feature the engine needs.
+    Unsupported(String),
+    /// The operating system failed; `context` says what the engine was doing.
+    Io { context: String, source: io::Error },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Backpressure(payload) => {
+                write!(
+                    f,
+                    "peer queue full; {} byte payload not accepted",
+                    payload.len()
+                )
+            }
+            Error::PayloadTooLarge { len, len_max } => {
+                write!(f, "payload of {len} bytes exceeds the maximum of {len_max}")
+            }
+            Error::InvalidConfig(msg) => write!(f, "invalid configuration: {msg}"),
+            Error::ShuttingDown => f.write_str("engine is shutting down"),
+            Error::DrainTimeout { unacked } => {
+                write!(
+                    f,
+                    "shutdown timed out with {unacked} messages unacknowledged"
+                )
+            }
+            Error::Unsupported(msg) => write!(f, "unsupported kernel: {msg}"),
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

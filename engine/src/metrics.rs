@@ -1,0 +1,77 @@
+//! Counters: each shard counts in plain integers and publishes them once per loop turn into
+//! its own cache-padded atomics; `Engine::stats` sums the shards on read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// One shard's counters, owned by its thread.
+        #[derive(Debug, Default, Clone, Copy)]
+        pub(crate) struct Counters { $(pub $name: u64,)* }
+
+        /// The published copy of a shard's counters.
+        #[derive(Debug, Default)]
+        pub(crate) struct SharedCounters { $($name: AtomicU64,)* }
+
+        impl SharedCounters {
+            pub(crate) fn publish(&self, c: &Counters) {
+                $(self.$name.store(c.$name, Ordering::Relaxed);)*
+            }
+
+            pub(crate) fn add_to(&self, stats: &mut Stats) {
+                $(stats.$name += self.$name.load(Ordering::Relaxed);)*
+            }
+        }
+
+        /// A snapshot of the engine's counters, summed over its shards.
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: u64,)*
+            /// Per-peer state.
+            pub peers: Vec<PeerStats>,
+        }
+    };
+}
+
+counters! {
+    /// MSG frames written to sockets (replays included).
+    msgs_sent,
+    /// Bytes written to sockets, all frames.
+    bytes_sent,
+    /// Messages delivered to the handler (exactly once each).
+    msgs_received,
+    /// Payload bytes delivered to the handler.
+    bytes_received,
+    /// Messages the peers acknowledged.
+    msgs_acked,
+    /// Open TCP connections (a gauge).
+    connections,
+    /// Peers with an established connection (a gauge).
+    peers_connected,
+    /// Connections established since start.
+    connects,
+    /// Connections closed because a peer broke the protocol.
+    protocol_errors,
+    /// Calls into the kernel to submit or wait (`io_uring_enter`).
+    ring_enters,
+    /// Event-loop turns.
+    loop_turns,
+}
+
+/// One peer's state, as last published by its shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    pub node_id: String,
+    pub connected: bool,
+    /// Smoothed heartbeat round-trip time, once measured.
+    pub rtt: Option<Duration>,
+    /// Highest sequence number of this node's session the peer acknowledged.
+    pub seq_acked: u64,
+    /// Highest sequence number of the peer's session delivered to the handler.
+    pub seq_delivered: u64,
+    /// Messages accepted by `publish` and not yet taken by the shard.
+    pub queued: u64,
+}
