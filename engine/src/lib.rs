@@ -146,6 +146,21 @@ pub trait Handler: Send + Sync + 'static {
     fn on_disconnected(&self, _peer: &Peer) {}
 }
 
+/// A shared handler: keep an `Arc` to read what it collected.
+impl<H: Handler> Handler for Arc<H> {
+    fn on_message(&self, peer: &Peer, id: MessageId, payload: &[u8]) {
+        (**self).on_message(peer, id, payload);
+    }
+
+    fn on_connected(&self, peer: &Peer) {
+        (**self).on_connected(peer);
+    }
+
+    fn on_disconnected(&self, peer: &Peer) {
+        (**self).on_disconnected(peer);
+    }
+}
+
 /// The handler of an engine that only sends: drops what it receives.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Discard;

@@ -356,8 +356,9 @@ proptest! {
         prop_assert_eq!(frames, expected);
     }
 
-    /// (b) Hostile bytes never panic, and a split stream yields the same frames and the same
-    /// error as the whole one; a failed decoder keeps returning its error.
+    /// (b) Hostile bytes never panic, a split stream yields the same frames and the same error
+    /// as the whole one, a failed decoder keeps returning its error, and whatever decodes
+    /// re-encodes to exactly the input it came from.
     #[test]
     fn hostile_bytes_never_panic_and_split_agrees(
         bytes in hostile_bytes(),
@@ -368,6 +369,10 @@ proptest! {
             decode_chunks(&mut Decoder::new(body_len_max), &[&bytes]);
         let (split_frames, split_result) =
             decode_chunks(&mut Decoder::new(body_len_max), &split(&bytes, &cuts));
+        prop_assert!(
+            bytes.starts_with(&encode(&whole_frames)),
+            "decoded frames re-encode to the bytes they came from"
+        );
         prop_assert_eq!(whole_frames, split_frames);
         prop_assert_eq!(whole_result, split_result);
     }

@@ -39,15 +39,17 @@ const NAMES: [&str; 2] = ["node-a", "node-b"];
 fn exactly_once_in_order_across_cuts() {
     let mut totals = [0u64; 2];
     let mut cuts = 0;
+    let mut closes = 0;
     for seed in 0..SEED_COUNT {
         let mut world = World::new(seed);
         world.run();
         totals[0] += world.nodes[0].published;
         totals[1] += world.nodes[1].published;
         cuts += world.cut_count;
+        closes += world.close_count;
     }
     println!(
-        "{SEED_COUNT} seeds: {} + {} messages, {cuts} cuts",
+        "{SEED_COUNT} seeds: {} + {} messages, {cuts} cuts, {closes} of them graceful",
         totals[0], totals[1]
     );
 }
@@ -62,7 +64,9 @@ struct World {
     /// `wires[i]` holds the bytes in flight towards node `i`.
     wires: [VecDeque<u8>; 2],
     link: Link,
+    /// Links torn down, and how many of those after a CLOSE or GOAWAY.
     cut_count: u64,
+    close_count: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +148,7 @@ impl World {
             wires: [VecDeque::new(), VecDeque::new()],
             link: Link::Down { step_count: 0 },
             cut_count: 0,
+            close_count: 0,
         }
     }
 
@@ -403,6 +408,7 @@ impl World {
                 self.wires[1 - i].is_empty() && !conn.wants_transmit(&self.nodes[i].sessions, now);
         }
         if done {
+            self.close_count += 1;
             self.cut();
         }
     }

@@ -1,1 +1,139 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: engines sized for a test machine, a handler that
+//! checks exactly-once, in-order delivery, and a patient publisher.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringwire::{Engine, EngineBuilder, Handler, MessageId, Peer};
+
+/// How long any test waits for a condition before it fails. Generous: tests must pass on a
+/// slow, noisy machine; it bounds a hang, it does not measure speed.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A builder with small receive buffers, so that many engines fit in one test process.
+pub fn builder(node_id: &str, shards: usize) -> EngineBuilder {
+    Engine::builder()
+        .node_id(node_id)
+        .shards(shards)
+        .configure(|c| {
+            c.recv_buf_count = 32;
+            c.recv_buf_len = 64 * 1024;
+            c.pin_shards = false;
+        })
+}
+
+/// The payload of message `n`: its number, then `len - 8` filler bytes (or a prefix of the
+/// number when `len < 8`).
+pub fn payload(n: u64, len: usize) -> Bytes {
+    let mut v = vec![0xA5u8; len.max(8)];
+    v[..8].copy_from_slice(&n.to_le_bytes());
+    v.truncate(len);
+    Bytes::from(v)
+}
+
+/// What one peer delivered to a [`Recorder`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Messages delivered.
+    pub count: u64,
+    /// Payload bytes delivered.
+    pub bytes: u64,
+    /// The next message number expected (payloads of 8 bytes or more carry their number).
+    pub next: u64,
+    /// Deliveries whose number was not the expected one (duplicates, gaps or reordering).
+    pub out_of_order: u64,
+    /// The last sequence number seen, which must grow by exactly one each delivery.
+    pub seq_last: u64,
+    pub seq_errors: u64,
+}
+
+/// A handler that checks every delivery: numbered payloads must arrive exactly once and in
+/// order per peer, and sequence numbers must be contiguous.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    tallies: Mutex<HashMap<String, Tally>>,
+    total: AtomicU64,
+}
+
+impl Recorder {
+    /// The tally for `node_id`.
+    pub fn tally(&self, node_id: &str) -> Tally {
+        self.tallies
+            .lock()
+            .unwrap()
+            .get(node_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// All tallies.
+    pub fn tallies(&self) -> HashMap<String, Tally> {
+        self.tallies.lock().unwrap().clone()
+    }
+
+    /// Messages delivered from every peer.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+impl Handler for Recorder {
+    fn on_message(&self, peer: &Peer, id: MessageId, payload: &[u8]) {
+        let mut tallies = self.tallies.lock().unwrap();
+        let tally = tallies.entry(peer.node_id().to_string()).or_default();
+        if payload.len() >= 8 {
+            let n = u64::from_le_bytes(payload[..8].try_into().unwrap());
+            if n != tally.next {
+                tally.out_of_order += 1;
+            }
+            tally.next = n + 1;
+        }
+        if id.seq != tally.seq_last + 1 {
+            tally.seq_errors += 1;
+        }
+        tally.seq_last = id.seq;
+        tally.count += 1;
+        tally.bytes += payload.len() as u64;
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Publishes, retrying on backpressure (yielding, never sleeping long) until `PATIENCE` ends.
+///
+/// # Panics
+///
+/// On any error other than backpressure, or if the queue stays full for `PATIENCE`.
+pub fn publish_patiently(peer: &Peer, mut payload: Bytes) -> MessageId {
+    let start = Instant::now();
+    loop {
+        match peer.publish(payload) {
+            Ok(id) => return id,
+            Err(ringwire::Error::Backpressure(back)) => {
+                assert!(
+                    start.elapsed() < PATIENCE,
+                    "peer {:?} stayed full",
+                    peer.node_id()
+                );
+                payload = back;
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("publish to {:?} failed: {e}", peer.node_id()),
+        }
+    }
+}
+
+/// Polls `condition` every few milliseconds until it holds.
+///
+/// # Panics
+///
+/// If it does not hold within `PATIENCE`; the message names `what`.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
