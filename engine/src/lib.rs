@@ -287,6 +287,10 @@ impl Engine {
     /// [`Error::InvalidConfig`], [`Error::Unsupported`] if the kernel lacks io_uring features,
     /// or [`Error::Io`] if the listener cannot bind.
     pub fn start(config: Config, handler: impl Handler) -> Result<Engine, Error> {
+        Engine::start_shared(config, Arc::new(handler))
+    }
+
+    fn start_shared(config: Config, handler: Arc<dyn Handler>) -> Result<Engine, Error> {
         config.validate()?;
         let config = Arc::new(config);
         let mailboxes = (0..config.shards)
@@ -310,7 +314,6 @@ impl Engine {
             registry: Registry::default(),
             closing: AtomicBool::new(false),
         });
-        let handler: Arc<dyn Handler> = Arc::new(handler);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -512,7 +515,7 @@ impl fmt::Debug for Engine {
 /// [`Config`]).
 pub struct EngineBuilder {
     config: Config,
-    handler: Option<Box<dyn FnOnce(Config) -> Result<Engine, Error>>>,
+    handler: Option<Arc<dyn Handler>>,
     listen: Option<Result<SocketAddr, String>>,
 }
 
@@ -541,7 +544,7 @@ impl EngineBuilder {
 
     /// The message handler (default: [`Discard`]).
     pub fn handler(mut self, handler: impl Handler) -> Self {
-        self.handler = Some(Box::new(move |config| Engine::start(config, handler)));
+        self.handler = Some(Arc::new(handler));
         self
     }
 
@@ -563,10 +566,8 @@ impl EngineBuilder {
             Some(Err(msg)) => return Err(Error::InvalidConfig(msg)),
             None => {}
         }
-        match self.handler.take() {
-            Some(start) => start(self.config),
-            None => Engine::start(self.config, Discard),
-        }
+        let handler = self.handler.take().unwrap_or_else(|| Arc::new(Discard));
+        Engine::start_shared(self.config, handler)
     }
 }
 

@@ -387,7 +387,7 @@ mod tests {
         for i in 0..4 {
             assert_eq!(q.push(msg(i)).ok(), Some(i));
         }
-        let back = q.push(msg(99)).err().expect("full");
+        let back = q.push(msg(99)).expect_err("full");
         assert_eq!(back.payload, Bytes::copy_from_slice(&99u64.to_le_bytes()));
         assert_eq!(q.pop().map(|(p, _)| p), Some(0));
         assert_eq!(q.push(msg(4)).ok(), Some(4));

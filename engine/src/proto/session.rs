@@ -223,12 +223,14 @@ impl RxSession {
     ///
     /// A sequence number past the next expected one is [`ProtocolError::SequenceGap`].
     pub fn handle_msg(&mut self, seq: Seq) -> Result<Delivery, ProtocolError> {
+        // Compare before adding one: a peer's HELLO can put the watermark at u64::MAX.
+        if seq <= self.delivered {
+            return Ok(Delivery::Duplicate);
+        }
         let expected = self.delivered.next();
         if seq == expected {
             self.delivered = seq;
             Ok(Delivery::Deliver)
-        } else if seq < expected {
-            Ok(Delivery::Duplicate)
         } else {
             Err(ProtocolError::SequenceGap {
                 expected: expected.0,
@@ -332,5 +334,13 @@ mod tests {
         assert_eq!(rx.seq_delivered(), Seq(1));
         assert_eq!(rx.resume(SessionId(Uuid::from_u128(10)), Seq(50)), 0);
         assert_eq!(rx.seq_delivered(), Seq(49));
+    }
+
+    #[test]
+    fn watermark_at_the_top_of_the_range_does_not_overflow() {
+        let mut rx = RxSession::new();
+        rx.resume(SessionId(Uuid::from_u128(9)), Seq(u64::MAX));
+        assert_eq!(rx.handle_msg(Seq(u64::MAX)), Ok(Delivery::Deliver));
+        assert_eq!(rx.handle_msg(Seq(u64::MAX)), Ok(Delivery::Duplicate));
     }
 }

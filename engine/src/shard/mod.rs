@@ -221,6 +221,9 @@ impl Shard {
                 return;
             }
             self.service_all();
+            if self.st.is_closed() {
+                return;
+            }
             self.arm_reserved();
             self.st.counters.ring_enters = self.ring.enters;
             self.st.engine.counters[self.st.id.0].publish(&self.st.counters);
@@ -756,6 +759,14 @@ impl State {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether shutdown has closed every connection.
+    fn is_closed(&self) -> bool {
+        self.shutdown
+            .as_ref()
+            .is_some_and(|sd| sd.closing_since.is_some())
+            && self.conns.is_empty()
     }
 
     /// Moves the shutdown along; returns `true` when the loop should end.

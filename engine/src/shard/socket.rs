@@ -22,9 +22,7 @@ pub(crate) struct RawAddr {
 
 impl std::fmt::Debug for RawAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("RawAddr")
-            .field(&self.to_socket_addr())
-            .finish()
+        f.debug_tuple("RawAddr").field(&self.socket_addr()).finish()
     }
 }
 
@@ -75,7 +73,7 @@ impl RawAddr {
         self.len
     }
 
-    fn to_socket_addr(&self) -> Option<SocketAddr> {
+    fn socket_addr(&self) -> Option<SocketAddr> {
         match self.storage.ss_family as i32 {
             libc::AF_INET => {
                 // SAFETY: the family says the storage holds a sockaddr_in.
@@ -157,18 +155,16 @@ pub(crate) fn bind_reuseport(
 
 /// The address a socket is bound to.
 pub(crate) fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
-    // SAFETY: plain old data; all-zero is valid.
-    let mut raw = RawAddr {
-        storage: unsafe { mem::zeroed() },
-        len: 0,
-    };
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let storage = unsafe { mem::zeroed() };
+    let mut raw = RawAddr { storage, len: 0 };
     raw.len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     syscall!(getsockname(
         fd,
         (&raw mut raw.storage).cast(),
         &raw mut raw.len
     ))?;
-    raw.to_socket_addr()
+    raw.socket_addr()
         .ok_or_else(|| io::Error::other("unknown address family"))
 }
 
