@@ -386,9 +386,10 @@ impl World {
     /// Tears the link down once a closing side's last frame reached its peer.
     fn check_closing(&mut self) {
         let seed = self.seed;
+        let now = self.t0 + self.elapsed;
         let mut done = false;
-        for i in 0..2 {
-            let Endpoint::Up(conn) = &self.nodes[i].endpoint else {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Endpoint::Up(conn) = &node.endpoint else {
                 continue;
             };
             let Some(cause) = conn.close_cause() else {
@@ -396,16 +397,13 @@ impl World {
             };
             let name = NAMES[i];
             match cause {
-                CloseCause::Local(_) => {}
-                CloseCause::CloseReceived => {}
+                CloseCause::Local(_) | CloseCause::CloseReceived => {}
                 CloseCause::GoAwayReceived { reason, .. } => {
                     assert_eq!(*reason, GoAwayReason::Replaced, "seed {seed}: {name}");
                 }
                 other => panic!("seed {seed}: {name} closing: {other:?}"),
             }
-            let now = self.t0 + self.elapsed;
-            done |=
-                self.wires[1 - i].is_empty() && !conn.wants_transmit(&self.nodes[i].sessions, now);
+            done |= self.wires[1 - i].is_empty() && !conn.wants_transmit(&node.sessions, now);
         }
         if done {
             self.close_count += 1;

@@ -1,12 +1,16 @@
 //! Fuzzes the acceptor's side of the handshake and the connection it leads to
 //! (docs/protocol.md, "Handshake" and "Connection states").
 //!
-//! The first input byte picks where the rest is split. The first part goes to `Accepting`; if
-//! no HELLO came out of it, the second part follows. When a HELLO comes out, `Connection::accept`
-//! answers it and the connection is fed whatever was not yet consumed, then times out, sees EOF
-//! and closes. Checked: nothing panics; a failed `Accepting` keeps its error; messages are
-//! delivered in order and acknowledgements release messages in order; a connection that
-//! returned an error is closing; and everything the connection wrote is a valid frame stream.
+//! The dialer sends nothing after its HELLO until it is answered, so the acceptor reads exactly
+//! one frame: the input's first frame, as long as its header says, goes to `Accepting` in two
+//! reads split where the first input byte says. When a HELLO comes out, `Connection::accept`
+//! answers it and the connection reads everything after that frame (again in two parts), then
+//! times out, sees EOF and closes.
+//!
+//! Checked: nothing panics; `Accepting` gives the same answer for one read and for two, and a
+//! failed one keeps its error; messages are delivered in order and acknowledgements release
+//! messages in order; a connection that returned an error is closing; and everything the
+//! connection wrote is a valid frame stream that ends on a frame boundary.
 #![no_main]
 
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use uuid::Uuid;
 
 use ringwire::proto::ack::AckPolicy;
 use ringwire::proto::connection::Events;
-use ringwire::proto::frame::BODY_LEN_MAX_DEFAULT;
+use ringwire::proto::frame::{BODY_LEN_MAX_DEFAULT, HEADER_LEN, NODE_ID_LEN_MAX};
 use ringwire::proto::handshake::{Accepting, HelloInfo};
 use ringwire::proto::heartbeat::HeartbeatConfig;
 use ringwire::proto::session::{RxSession, Sessions, TxEntry, TxSession};
@@ -29,41 +33,49 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const QUEUED_COUNT: u64 = 4;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, rest)) = data.split_first() else {
+    let Some((&selector, rest)) = data.split_first() else {
         return;
     };
-    let cut = rest.len() * usize::from(first) / usize::from(u8::MAX);
-    let (head, tail) = rest.split_at(cut);
+    let hello_len = match rest.get(..4) {
+        Some(len) => HEADER_LEN + u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize,
+        None => rest.len(),
+    }
+    .min(rest.len());
+    let (hello_bytes, unread) = rest.split_at(hello_len);
+    let (head, tail) = hello_bytes.split_at(split_point(hello_bytes.len(), selector));
     let t0 = Instant::now();
+
     let mut accepting = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + HANDSHAKE_TIMEOUT);
-    let mut hello = None;
-    for (chunk, unread) in [(head, tail), (tail, &[][..])] {
-        match accepting.handle_bytes(chunk) {
-            Ok(Some(h)) => {
-                hello = Some((h, unread));
-                break;
-            }
-            Ok(None) => {}
-            Err(err) => {
-                assert_eq!(accepting.handle_bytes(b"more"), Err(err), "stays failed");
-                return;
-            }
+    let mut result = Ok(None);
+    for chunk in [head, tail] {
+        result = accepting.handle_bytes(chunk);
+        if !matches!(result, Ok(None)) {
+            break;
         }
     }
-    match hello {
-        Some((hello, unread)) => {
-            assert!(!hello.node_id.is_empty() && hello.node_id.len() <= 255);
-            drive(&hello, unread, t0);
+    let mut whole = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + HANDSHAKE_TIMEOUT);
+    assert_eq!(
+        whole.handle_bytes(hello_bytes),
+        result,
+        "one read or two give the same answer"
+    );
+    match result {
+        Ok(Some(hello)) => {
+            assert!(!hello.node_id.is_empty() && hello.node_id.len() <= NODE_ID_LEN_MAX);
+            drive(&hello, unread, selector, t0);
         }
-        None => {
-            let _ = accepting.handle_eof();
+        Ok(None) => {
+            assert_eq!(accepting.handle_eof().is_some(), !hello_bytes.is_empty());
             assert!(accepting.handle_timeout(t0 + HANDSHAKE_TIMEOUT).is_err());
         }
+        Err(err) => assert_eq!(accepting.handle_bytes(b"more"), Err(err), "stays failed"),
     }
+    // A dialer that breaks the rule and sends more in the same read must not panic anything.
+    let _ = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + HANDSHAKE_TIMEOUT).handle_bytes(rest);
 });
 
-/// Answers `hello` and runs the established connection over `rest`.
-fn drive(hello: &HelloInfo, rest: &[u8], t0: Instant) {
+/// Answers `hello` and runs the established connection over `rest`, read in two parts.
+fn drive(hello: &HelloInfo, rest: &[u8], selector: u8, t0: Instant) {
     let mut sessions = Sessions {
         tx: TxSession::new(SessionId(Uuid::from_u128(1))),
         rx: RxSession::restore(SessionId(Uuid::from_u128(2)), Seq(5)),
@@ -91,16 +103,19 @@ fn drive(hello: &HelloInfo, rest: &[u8], t0: Instant) {
     let mut out = Vec::new();
     let now = t0 + Duration::from_millis(1);
     conn.poll_transmit(&mut sessions, now, &mut out, usize::MAX);
-    if conn
-        .handle_bytes(&mut sessions, rest, now, &mut events)
-        .is_err()
-    {
-        assert!(
-            conn.close_cause().is_some(),
-            "an error closes the connection"
-        );
+    let (head, tail) = rest.split_at(split_point(rest.len(), selector));
+    for chunk in [head, tail] {
+        if conn
+            .handle_bytes(&mut sessions, chunk, now, &mut events)
+            .is_err()
+        {
+            assert!(
+                conn.close_cause().is_some(),
+                "an error closes the connection"
+            );
+        }
+        conn.poll_transmit(&mut sessions, now, &mut out, usize::MAX);
     }
-    conn.poll_transmit(&mut sessions, now, &mut out, usize::MAX);
     let later = t0 + Duration::from_secs(3600);
     if conn.handle_timeout(later).is_err() {
         assert!(
@@ -123,6 +138,10 @@ fn drive(hello: &HelloInfo, rest: &[u8], t0: Instant) {
         !decoder.has_partial(),
         "own output ends on a frame boundary"
     );
+}
+
+fn split_point(len: usize, selector: u8) -> usize {
+    len * usize::from(selector) / usize::from(u8::MAX)
 }
 
 /// Checks the order of what the connection reports.
