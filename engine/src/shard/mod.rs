@@ -853,6 +853,10 @@ impl State {
                 ps.shared
                     .seq_acked
                     .store(ps.sessions.tx.seq_acked().0, Ordering::Relaxed);
+                if let Some(rtt) = proto.srtt() {
+                    let rtt_ns = rtt.as_nanos().clamp(1, u128::from(u64::MAX)) as u64;
+                    ps.shared.srtt_ns.store(rtt_ns, Ordering::Relaxed);
+                }
                 if let Err(err) = &result {
                     self.counters.protocol_errors += 1;
                     tracing::warn!(peer = %ps.shared.node_id, error = %err, "protocol error; closing connection");
@@ -962,7 +966,9 @@ impl State {
     /// The dialer's HELLO arrived: adopt the connection here or hand it to the owning shard.
     fn route_hello(&mut self, index: usize, hello: HelloInfo) {
         if hello.node_id == self.config.node_id {
-            return self.reject(index, &ProtocolError::WrongPeer);
+            self.counters.protocol_errors += 1;
+            let message = "hello claims this node's own id";
+            return self.reject_with(index, GoAwayReason::WrongPeer, message);
         }
         let shared = self.engine.registry.get_or_create(
             &hello.node_id,
