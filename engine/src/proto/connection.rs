@@ -241,7 +241,8 @@ impl Connection {
     }
 
     /// Appends what is due to `out`: queued control frames, a PONG, a PING, an ACK, then
-    /// messages until `budget` bytes were added (at least one message if any is waiting).
+    /// messages while fewer than `budget` bytes were added (so one large message may overshoot
+    /// the budget, and control frames that fill it defer messages to the next call).
     /// Returns the number of messages written.
     pub fn poll_transmit<T>(
         &mut self,

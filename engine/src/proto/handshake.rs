@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use crate::proto::error::ProtocolError;
-use crate::proto::frame::{Decoder, Frame, Hello, Seq, SessionId};
+use crate::proto::frame::{Decoder, Frame, Hello, Kind, Seq, SessionId};
 
 /// An owned copy of a peer's HELLO.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub struct Accepting {
     decoder: Decoder,
     deadline: Instant,
     hello: Option<HelloInfo>,
+    /// The first error; every later call returns it again.
+    failed: Option<ProtocolError>,
 }
 
 impl Accepting {
@@ -56,6 +58,7 @@ impl Accepting {
             decoder: Decoder::new(body_len_max),
             deadline,
             hello: None,
+            failed: None,
         }
     }
 
@@ -66,6 +69,17 @@ impl Accepting {
     /// Any frame other than a first HELLO, or anything after it, is a [`ProtocolError`], as is
     /// a HELLO that does not parse.
     pub fn handle_bytes(&mut self, data: &[u8]) -> Result<Option<HelloInfo>, ProtocolError> {
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        let result = self.decode(data);
+        if let Err(err) = &result {
+            self.failed = Some(err.clone());
+        }
+        result
+    }
+
+    fn decode(&mut self, data: &[u8]) -> Result<Option<HelloInfo>, ProtocolError> {
         let hello = &mut self.hello;
         self.decoder
             .decode(data, |frame| match (frame, hello.is_some()) {
@@ -82,6 +96,14 @@ impl Accepting {
                     },
                 }),
             })?;
+        if self.hello.is_some() && self.decoder.has_partial() {
+            // Part of a second frame came with the HELLO: the dialer did not wait for the answer,
+            // and those bytes would be lost if the socket moved to another shard.
+            return Err(ProtocolError::Malformed {
+                kind: Kind::Hello,
+                what: "bytes followed the hello before it was answered",
+            });
+        }
         Ok(self.hello.take())
     }
 
@@ -152,6 +174,14 @@ mod tests {
         assert!(matches!(
             acc.handle_bytes(&ping),
             Err(ProtocolError::UnexpectedFrame { .. })
+        ));
+
+        let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, Instant::now());
+        let mut partial = hello_bytes();
+        partial.extend_from_slice(&ping[..3]);
+        assert!(matches!(
+            acc.handle_bytes(&partial),
+            Err(ProtocolError::Malformed { .. })
         ));
 
         let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, Instant::now());
