@@ -50,6 +50,21 @@ pub struct Tally {
     pub seq_errors: u64,
 }
 
+impl Tally {
+    /// Asserts that `total` numbered messages (0 to `total - 1`) arrived from `from`, each
+    /// exactly once, in order, with contiguous sequence numbers.
+    ///
+    /// # Panics
+    ///
+    /// If any of that does not hold.
+    pub fn assert_complete(&self, total: u64, from: &str) {
+        assert_eq!(self.count, total, "messages from {from}");
+        assert_eq!(self.next, total, "next number expected from {from}");
+        assert_eq!(self.out_of_order, 0, "out-of-order deliveries from {from}");
+        assert_eq!(self.seq_errors, 0, "sequence gaps from {from}");
+    }
+}
+
 /// A handler that checks every delivery: numbered payloads must arrive exactly once and in
 /// order per peer, and sequence numbers must be contiguous.
 #[derive(Debug, Default)]

@@ -35,11 +35,7 @@ fn a_million_each_way_exactly_once_in_order() {
     });
 
     for (recorder, from) in [(&at_b, "node-a"), (&at_a, "node-b")] {
-        let tally = recorder.tally(from);
-        assert_eq!(tally.count, COUNT, "from {from}");
-        assert_eq!(tally.next, COUNT, "from {from}");
-        assert_eq!(tally.out_of_order, 0, "from {from}");
-        assert_eq!(tally.seq_errors, 0, "from {from}");
+        recorder.tally(from).assert_complete(COUNT, from);
     }
     // Everything is acknowledged, so a graceful shutdown drains at once.
     a.shutdown_graceful(PATIENCE).unwrap();

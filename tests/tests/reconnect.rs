@@ -118,11 +118,7 @@ fn twenty_cuts_mid_stream_deliver_exactly_once() {
         stats_b.protocol_errors
     );
     for (recorder, from) in [(&at_b, "node-a"), (&at_a, "node-b")] {
-        let tally = recorder.tally(from);
-        assert_eq!(tally.count, COUNT, "from {from}");
-        assert_eq!(tally.next, COUNT, "from {from}");
-        assert_eq!(tally.out_of_order, 0, "from {from}");
-        assert_eq!(tally.seq_errors, 0, "from {from}");
+        recorder.tally(from).assert_complete(COUNT, from);
     }
     assert!(
         stats_a.connects >= connects_start + CUTS,

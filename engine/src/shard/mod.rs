@@ -500,23 +500,19 @@ impl Shard {
     /// a shutdown does not end, and reaps until nothing is in flight. Returns `false` if some
     /// operation is still in flight after `TEARDOWN_GRACE`.
     fn teardown(&mut self) -> bool {
+        let mut cancels = Vec::new();
         for (index, conn) in &mut self.st.conns {
             socket::shutdown(conn.raw_fd());
             conn.shut = true;
             if conn.connect_in_flight {
-                let target = OpTag::new(OpKind::Connect, index, conn.generation).encode();
-                let entry = opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(OpTag::reserved(OpKind::Cancel).encode());
-                // SAFETY: a cancel references no memory.
-                if unsafe { self.ring.push(&entry) }.is_err() {
-                    return false;
-                }
+                cancels.push(OpTag::new(OpKind::Connect, index, conn.generation));
             }
         }
         if self.accept_armed {
-            let target = OpTag::reserved(OpKind::Accept).encode();
-            let entry = opcode::AsyncCancel::new(target)
+            cancels.push(OpTag::reserved(OpKind::Accept));
+        }
+        for target in cancels {
+            let entry = opcode::AsyncCancel::new(target.encode())
                 .build()
                 .user_data(OpTag::reserved(OpKind::Cancel).encode());
             // SAFETY: a cancel references no memory.
