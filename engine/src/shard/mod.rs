@@ -949,6 +949,17 @@ impl State {
         ps.shared
             .seq_acked
             .store(ps.sessions.tx.seq_acked().0, Ordering::Relaxed);
+        if let Some(conn) = ps.conn
+            && let Phase::Linked { proto, .. } = &self.conns[conn].phase
+            && proto.lost_on_resume() > 0
+        {
+            // proto reports it; dropping it here would hide lost messages.
+            tracing::warn!(
+                peer = %ps.shared.node_id,
+                lost = proto.lost_on_resume(),
+                "peer had already dropped messages this node never delivered"
+            );
+        }
         self.counters.peers_connected += 1;
         self.counters.connects += 1;
         tracing::debug!(peer = %ps.shared.node_id, "connection established");
