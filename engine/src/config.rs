@@ -19,8 +19,11 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Number of shards (default: available cores).
     pub shards: usize,
-    /// Pin shard `i` to core `i % cores` (default `true`).
+    /// Pin shard `i` to core `(first_core + i) % cores` (default `true`).
     pub pin_shards: bool,
+    /// The core shard 0 is pinned to (default 0), so that two engines in one process (a node
+    /// and its load generator, say) can be given different cores.
+    pub first_core: usize,
     /// Largest frame body accepted and sent (default 16 MiB). A payload may be 8 bytes less.
     pub body_len_max: u32,
     /// Messages a peer's publish queue holds before `publish` returns `Backpressure`
@@ -61,6 +64,7 @@ impl Config {
             listen: None,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_shards: true,
+            first_core: 0,
             body_len_max: BODY_LEN_MAX_DEFAULT,
             peer_queue_len: 8192,
             unacked_count_max: 65_536,

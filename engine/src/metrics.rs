@@ -32,6 +32,13 @@ macro_rules! counters {
             /// Per-peer state.
             pub peers: Vec<PeerStats>,
         }
+
+        impl Stats {
+            /// Every counter by name, in declaration order (for reports and exporters).
+            pub fn counters(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
     };
 }
 

@@ -1,172 +1,275 @@
-//! loadgen: drives a one-way stream through an embedded ringwire node on loopback and prints
-//! a throughput line. (The full tool, with latency and fan-in modes, reports and baselines, is
-//! the loadgen issue; this is the smallest honest measurement of the data path.)
+//! loadgen: drives load at a ringwire node and reports what it measured.
 //!
-//! Usage: `loadgen [--duration SECS] [--size BYTES] [--shards N]`
+//! `loadgen` alone runs the throughput workload for ten seconds against a node embedded in
+//! the same process on 127.0.0.1. `loadgen serve` is a standalone node to aim `--target` at;
+//! `loadgen chart` overlays several JSON reports in one SVG. See docs/loadgen.md.
 
+mod client;
+mod fanin;
+mod node;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use ringwire::{Engine, Handler, MessageId, Peer, PeerConfig};
+use clap::{Parser, Subcommand, ValueEnum};
+use loadgen::workload::{self, WorkloadArgs};
+use loadgen::{Report, chart};
 
-#[derive(Default)]
-struct Count {
-    messages: AtomicU64,
-    bytes: AtomicU64,
+use crate::node::{NodeOptions, SERVER_ID, Sink};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Drive load at a ringwire node and report throughput and latency",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
-impl Handler for Count {
-    fn on_message(&self, _: &Peer, _: MessageId, payload: &[u8]) {
-        self.messages.fetch_add(1, Ordering::Relaxed);
-        self.bytes
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
-    }
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a workload (the default): against an embedded node, or --target.
+    Run(RunArgs),
+    /// Run a node that receives, acknowledges and echoes until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Draw several JSON reports into one SVG chart.
+    Chart(ChartArgs),
 }
 
-struct Args {
-    duration: Duration,
-    size: usize,
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Shards of the embedded node (its client engines get one shard each).
+    #[arg(long, default_value_t = 1)]
     shards: usize,
+    /// Drive an external node (e.g. `loadgen serve`) instead of the embedded one.
+    #[arg(long, value_name = "HOST:PORT")]
+    target: Option<String>,
+    /// Node id of the target.
+    #[arg(long, default_value = SERVER_ID)]
+    target_id: String,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        duration: Duration::from_secs(10),
-        size: 64,
-        shards: 1,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match flag.as_str() {
-            "--duration" => {
-                let secs: f64 = value("--duration")?
-                    .parse()
-                    .map_err(|e| format!("--duration: {e}"))?;
-                if !(secs > 0.0 && secs <= 3600.0) {
-                    return Err("--duration must be between 0 and 3600 seconds".into());
-                }
-                args.duration = Duration::from_secs_f64(secs);
-            }
-            "--size" => {
-                args.size = value("--size")?
-                    .parse()
-                    .map_err(|e| format!("--size: {e}"))?
-            }
-            "--shards" => {
-                args.shards = value("--shards")?
-                    .parse()
-                    .map_err(|e| format!("--shards: {e}"))?;
-            }
-            "-h" | "--help" => {
-                return Err("usage: loadgen [--duration SECS] [--size BYTES] [--shards N]".into());
-            }
-            other => return Err(format!("unknown flag {other:?} (try --help)")),
-        }
-    }
-    Ok(args)
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to accept peers on.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: std::net::SocketAddr,
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    #[arg(long, default_value = SERVER_ID)]
+    node_id: String,
+    /// Spin instead of parking when idle.
+    #[arg(long)]
+    busy_poll: bool,
+    /// Also write what was seen as JSON to this file, or `-` for stdout.
+    #[arg(long, value_name = "PATH|-")]
+    json: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ChartArgs {
+    /// What to draw.
+    #[arg(long, value_enum, default_value_t = ChartKind::Latency)]
+    kind: ChartKind,
+    /// The SVG file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Report files written by `--json` or `--out` (report.json).
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ChartKind {
+    /// Latency by percentile.
+    Latency,
+    /// Throughput over time.
+    Throughput,
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(msg) => {
-            eprintln!("loadgen: {msg}");
-            return ExitCode::from(2);
-        }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(&cli.run),
+        Some(Command::Run(args)) => run(&args),
+        Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Chart(args)) => draw(&args),
     };
-    match run(&args) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("loadgen: {e}");
+        Err(Failure::Usage(msg)) => {
+            eprintln!("loadgen: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(msg)) => {
+            eprintln!("loadgen: {msg}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: &Args) -> Result<(), ringwire::Error> {
-    let received = Arc::new(Count::default());
-    let server = Engine::builder()
-        .node_id("loadgen-server")
-        .listen("127.0.0.1:0")
-        .shards(args.shards)
-        .handler(Arc::clone(&received))
-        .start()?;
-    let client = Engine::builder()
-        .node_id("loadgen-client")
-        .shards(args.shards)
-        .start()?;
-    let peer = client.connect(PeerConfig::new(
-        "loadgen-server",
-        [server.local_addr().expect("listening")],
-    ))?;
-    let payload = Bytes::from(vec![0x42u8; args.size]);
-
-    let cpu_start = cpu_time();
-    let start = Instant::now();
-    let mut published: u64 = 0;
-    let mut refused: u64 = 0;
-    while start.elapsed() < args.duration {
-        // Check the clock every few thousand messages, not every one.
-        for _ in 0..4096 {
-            match peer.publish(payload.clone()) {
-                Ok(_) => published += 1,
-                Err(ringwire::Error::Backpressure(_)) => {
-                    refused += 1;
-                    std::thread::yield_now();
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    let publish_elapsed = start.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.stats().msgs_acked < published && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let elapsed = start.elapsed();
-    let cpu = cpu_time() - cpu_start;
-    let stats = client.stats();
-    let got = received.messages.load(Ordering::Relaxed);
-    let rate = stats.msgs_acked as f64 / elapsed.as_secs_f64();
-    println!(
-        "ringwire throughput: {} B x {} msgs in {:.2}s (publishing {:.2}s): {:.0} msgs/s, {:.1} MB/s payload; acked {}, received {}, backpressure retries {}, cpu {:.2}s, ring enters client {} server {} ({:.4}/msg)",
-        args.size,
-        published,
-        elapsed.as_secs_f64(),
-        publish_elapsed.as_secs_f64(),
-        rate,
-        rate * args.size as f64 / 1e6,
-        stats.msgs_acked,
-        got,
-        refused,
-        cpu.as_secs_f64(),
-        stats.ring_enters,
-        server.stats().ring_enters,
-        (stats.ring_enters + server.stats().ring_enters) as f64 / published.max(1) as f64,
-    );
-    client.shutdown_graceful(Duration::from_secs(5))?;
-    server.shutdown_graceful(Duration::from_secs(5))?;
-    if got != published || stats.msgs_acked != published {
-        return Err(ringwire::Error::InvalidConfig(format!(
-            "lost messages: published {published}, acked {}, received {got}",
-            stats.msgs_acked
-        )));
-    }
-    Ok(())
+enum Failure {
+    /// Bad flags: exit 2.
+    Usage(String),
+    /// The run failed: exit 1.
+    Run(String),
 }
 
-/// CPU time used by this process (user + system).
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage fills the zeroed struct it is given; both live for the call.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
+fn run(args: &RunArgs) -> Result<(), Failure> {
+    let payload_max = ringwire::Config::new("x").payload_len_max();
+    let w = args.workload.resolve(payload_max).map_err(Failure::Usage)?;
+    if args.shards == 0 || args.shards > 64 {
+        return Err(Failure::Usage("--shards must be 1 to 64".into()));
+    }
+    let target = client::Target {
+        addr: args.target.clone(),
+        node_id: args.target_id.clone(),
+        shards: args.shards,
     };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    let (report, latency) = client::run(&w, &target).map_err(Failure::Run)?;
+    report
+        .emit(&w, latency.as_deref())
+        .map_err(|e| Failure::Run(format!("writing the report: {e}")))
+}
+
+fn serve(args: &ServeArgs) -> Result<(), Failure> {
+    if args.shards == 0 || args.shards > 64 {
+        return Err(Failure::Usage("--shards must be 1 to 64".into()));
+    }
+    // Block the signals before any engine thread starts, so all of them inherit the mask and
+    // only `sigwait` below sees SIGINT and SIGTERM.
+    let signals = block_signals();
+    let sink = Arc::new(Sink::default());
+    let options = NodeOptions {
+        node_id: args.node_id.clone(),
+        listen: args.listen,
+        shards: args.shards,
+        busy_poll: args.busy_poll,
+    };
+    let started = Instant::now();
+    let cpu_start = workload::cpu_time();
+    let engine = node::start(&options, Arc::clone(&sink))
+        .map_err(|e| Failure::Run(format!("starting the node on {}: {e}", args.listen)))?;
+    eprintln!(
+        "loadgen serve: node {:?} listening on {} with {} shard(s); SIGINT or SIGTERM stops it",
+        args.node_id,
+        engine.local_addr().expect("the node listens"),
+        args.shards
+    );
+    let signal = wait_signal(&signals);
+    let stats = engine.stats();
+    let elapsed = started.elapsed().as_secs_f64();
+    let received = sink.received.load(Ordering::Relaxed);
+    let mut seen = serde_json::Map::new();
+    seen.insert("signal".into(), signal.into());
+    seen.insert("uptime_s".into(), elapsed.into());
+    seen.insert("received".into(), received.into());
+    seen.insert("bytes".into(), sink.bytes.load(Ordering::Relaxed).into());
+    seen.insert("echoed".into(), sink.echoed.load(Ordering::Relaxed).into());
+    seen.insert(
+        "echo_refused".into(),
+        sink.echo_refused.load(Ordering::Relaxed).into(),
+    );
+    seen.insert("peers".into(), stats.peers.len().into());
+    seen.insert(
+        "cpu_s".into(),
+        (workload::cpu_time() - cpu_start).as_secs_f64().into(),
+    );
+    for (name, value) in stats.counters() {
+        seen.insert(format!("engine.{name}"), value.into());
+    }
+    let shutdown = engine.shutdown_graceful(Duration::from_secs(5));
+    let summary = seen
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join("  ");
+    eprintln!("loadgen serve: {summary}");
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&seen).expect("a map serializes");
+        if path == "-" {
+            println!("{json}");
+        } else {
+            std::fs::write(path, json + "\n")
+                .map_err(|e| Failure::Run(format!("writing {path}: {e}")))?;
+        }
+    }
+    match shutdown {
+        Ok(()) | Err(ringwire::Error::DrainTimeout { .. }) => Ok(()),
+        Err(e) => Err(Failure::Run(format!("stopping the node: {e}"))),
+    }
+}
+
+fn draw(args: &ChartArgs) -> Result<(), Failure> {
+    let mut reports = Vec::new();
+    for path in &args.reports {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::Run(format!("reading {}: {e}", path.display())))?;
+        let report: Report = serde_json::from_str(&text).map_err(|e| {
+            Failure::Run(format!("{} is not a loadgen report: {e}", path.display()))
+        })?;
+        reports.push(report);
+    }
+    let label = |r: &Report| {
+        let busy = if r.busy_poll { " busy-poll" } else { "" };
+        format!("{} {:?} {} B{busy}", r.stack, r.mode, r.size).to_lowercase()
+    };
+    let labels: Vec<String> = reports.iter().map(label).collect();
+    let svg = match args.kind {
+        ChartKind::Latency => {
+            let series: Vec<chart::Series<'_>> = labels
+                .iter()
+                .zip(&reports)
+                .map(|(l, r)| (l.as_str(), r.latency_distribution.as_slice()))
+                .collect();
+            chart::percentiles(&series, "latency (µs)")
+        }
+        ChartKind::Throughput => {
+            let points: Vec<Vec<(f64, f64)>> = reports
+                .iter()
+                .map(|r| r.timeline.iter().map(|s| (s.t_s, s.msgs_per_s)).collect())
+                .collect();
+            let series: Vec<chart::Series<'_>> = labels
+                .iter()
+                .zip(&points)
+                .map(|(l, p)| (l.as_str(), p.as_slice()))
+                .collect();
+            chart::timeline(&series, "msgs/s")
+        }
+    };
+    std::fs::write(&args.out, svg)
+        .map_err(|e| Failure::Run(format!("writing {}: {e}", args.out.display())))
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: the set is initialized by sigemptyset before use; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t) -> &'static str {
+    let mut signal = 0;
+    // SAFETY: `set` is an initialized signal set and `signal` a valid out pointer.
+    while unsafe { libc::sigwait(set, &mut signal) } != 0 {}
+    if signal == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    }
 }

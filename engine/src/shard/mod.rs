@@ -57,7 +57,7 @@ pub(crate) fn run(init: Init) {
     let config = Arc::clone(&init.engine.config);
     if config.pin_shards {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if let Err(e) = socket::pin_to_core(init.id.0 % cores) {
+        if let Err(e) = socket::pin_to_core((config.first_core + init.id.0) % cores) {
             tracing::warn!(shard = init.id.0, error = %e, "could not pin shard thread");
         }
     }

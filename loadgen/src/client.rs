@@ -1,0 +1,433 @@
+//! `loadgen run` over ringwire: starts the embedded node (unless `--target` names one), drives
+//! the chosen workload from client engines on the load core, and builds the report.
+//!
+//! Thread placement matches the baselines in `bench/`: the node's shards take cores 0.., the
+//! client engines' shards and the threads that publish take the next core.
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use loadgen::workload::{self, Pacer, Workload};
+use loadgen::{Counts, LatencyLog, Mode, Report};
+use ringwire::{Confirm, Engine, Error, Handler, MessageId, Peer, PeerConfig, Stats};
+
+use crate::fanin;
+use crate::node::{self, ECHO_MARK, NodeOptions, Sink};
+
+/// Where the load goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `None`: start a node in this process.
+    pub addr: Option<String>,
+    pub node_id: String,
+    /// Shards of the embedded node.
+    pub shards: usize,
+}
+
+/// Runs the workload and returns its report.
+pub fn run(w: &Workload, target: &Target) -> Result<(Report, Option<Arc<LatencyLog>>), String> {
+    let sink = Arc::new(Sink::default());
+    let (server, addr) = match &target.addr {
+        None => {
+            let options = NodeOptions {
+                node_id: target.node_id.clone(),
+                listen: "127.0.0.1:0".parse().expect("valid address"),
+                shards: target.shards,
+                busy_poll: w.busy_poll,
+            };
+            let server = node::start(&options, Arc::clone(&sink))
+                .map_err(|e| format!("starting the embedded node: {e}"))?;
+            let addr = server.local_addr().expect("the node listens");
+            (Some(server), addr)
+        }
+        Some(addr) => (None, reach(addr)?),
+    };
+    // The load side takes the core after the node's shards (or core 0 for a remote node).
+    let load_core = workload::client_core(if server.is_some() { target.shards } else { 0 });
+    let t0_cpu = workload::cpu_time();
+    let outcome = match w.mode {
+        Mode::Fanin => fanin::run(w, addr, &target.node_id, load_core)?,
+        Mode::Throughput | Mode::Latency => streams(w, addr, &target.node_id, load_core)?,
+    };
+    let cpu = workload::cpu_time() - t0_cpu;
+
+    let mut counts = outcome.counts;
+    let server_stats = server.as_ref().map(Engine::stats);
+    if server.is_some() {
+        counts.received = sink.received.load(Ordering::Relaxed);
+    }
+    let latency = outcome
+        .latency
+        .as_deref()
+        .map(|log| (outcome.latency_kind, log));
+    let mut report = Report::new(
+        "ringwire",
+        w,
+        target.shards,
+        &outcome.window,
+        counts,
+        outcome.completed,
+        latency,
+        cpu,
+    );
+    let mut engine = serde_json::Map::new();
+    for (name, value) in &outcome.client_stats {
+        engine.insert(format!("client.{name}"), (*value).into());
+    }
+    for (name, value) in server_stats.iter().flat_map(Stats::counters) {
+        engine.insert(format!("server.{name}"), value.into());
+    }
+    engine.insert("backpressure_retries".into(), outcome.backpressure.into());
+    if server.is_some() {
+        engine.insert(
+            "server.echo_refused".into(),
+            sink.echo_refused.load(Ordering::Relaxed).into(),
+        );
+    }
+    if let Some(n) = outcome.round_trips {
+        engine.insert("round_trips".into(), n.into());
+    }
+    report.engine = Some(engine);
+    if let Some(server) = server {
+        server
+            .shutdown_graceful(Duration::from_secs(5))
+            .map_err(|e| format!("stopping the embedded node: {e}"))?;
+    }
+    check_delivery(w, &report, outcome.round_trips, target.addr.is_none())?;
+    Ok((report, outcome.latency))
+}
+
+/// What a workload driver measured.
+pub struct Outcome {
+    pub window: workload::Window,
+    pub counts: Counts,
+    pub completed: &'static str,
+    pub latency_kind: &'static str,
+    pub latency: Option<Arc<LatencyLog>>,
+    /// The client engines' counters, summed.
+    pub client_stats: Vec<(&'static str, u64)>,
+    pub backpressure: u64,
+    /// Echoes that came back (latency and fanin).
+    pub round_trips: Option<u64>,
+}
+
+/// Resolves `--target` and checks that something accepts TCP connections there, so an
+/// unreachable node is reported at once rather than as a stalled run.
+fn reach(addr: &str) -> Result<SocketAddr, String> {
+    let resolved: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("--target {addr}: {e}"))?
+        .collect();
+    let mut last = None;
+    for a in &resolved {
+        match TcpStream::connect_timeout(a, REACH_TIMEOUT) {
+            Ok(_) => return Ok(*a),
+            Err(e) => last = Some(format!("{a}: {e}")),
+        }
+    }
+    Err(format!(
+        "cannot reach --target {addr} ({})",
+        last.unwrap_or_else(|| "no address".into())
+    ))
+}
+
+/// Throughput and latency: one client engine per connection.
+fn streams(
+    w: &Workload,
+    addr: SocketAddr,
+    server_id: &str,
+    core: usize,
+) -> Result<Outcome, String> {
+    let echo = w.mode == Mode::Latency;
+    let t0 = Instant::now() + SETTLE;
+    let log = Arc::new(LatencyLog::new(t0 + w.warmup, Duration::from_secs(1)));
+    let echoes = Arc::new(Echoes {
+        log: Arc::clone(&log),
+        count: AtomicU64::new(0),
+    });
+    let mut clients = Vec::with_capacity(w.conns);
+    let mut peers = Vec::with_capacity(w.conns);
+    for i in 0..w.conns {
+        let kind = if echo { ECHO_MARK } else { "-sink-" };
+        let client = Engine::builder()
+            .node_id(format!("loadgen{kind}{}-{i}", std::process::id()))
+            .shards(1)
+            .handler(Arc::clone(&echoes))
+            .configure(|c| {
+                c.first_core = core;
+                c.idle_spin = node::idle_spin(w.busy_poll);
+            })
+            .start()
+            .map_err(|e| format!("starting client engine {i}: {e}"))?;
+        let peer = client
+            .connect(PeerConfig::new(server_id, [addr]))
+            .map_err(|e| format!("connecting to {server_id} at {addr}: {e}"))?;
+        clients.push(client);
+        peers.push(peer);
+    }
+    wait_connected(&clients, server_id, addr)?;
+    workload::wait_until(t0, false);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    if echo {
+        let (peers, stop, sent, refused) =
+            (peers.clone(), stop.clone(), sent.clone(), refused.clone());
+        let (rate, size, busy) = (w.rate.expect("latency has a rate"), w.size, w.busy_poll);
+        threads.push(thread::spawn(move || {
+            workload::pin_thread(core);
+            let mut pacer = Pacer::new(rate, t0, busy);
+            let mut k = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let due = pacer.wait_next();
+                let mut payload = BytesMut::zeroed(size);
+                workload::stamp(&mut payload, due);
+                match peers[k % peers.len()].publish(payload.freeze()) {
+                    Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+                };
+                k += 1;
+            }
+        }));
+    } else {
+        let (samples_tx, samples_rx) = mpsc::sync_channel::<(Instant, Confirm)>(SAMPLES_QUEUED);
+        let sampler_log = Arc::clone(&log);
+        threads.push(thread::spawn(move || sample_acks(samples_rx, &sampler_log)));
+        for peer in &peers {
+            let (peer, stop, sent, refused) =
+                (peer.clone(), stop.clone(), sent.clone(), refused.clone());
+            let samples = samples_tx.clone();
+            let payload = Bytes::from(vec![0x5a; w.size]);
+            threads.push(thread::spawn(move || {
+                workload::pin_thread(core);
+                publish_flat_out(&peer, &payload, &stop, &sent, &refused, &samples);
+            }));
+        }
+    }
+
+    let acked = |clients: &[Engine]| clients.iter().map(|c| c.stats().msgs_acked).sum::<u64>();
+    let window = if echo {
+        workload::measure(
+            w,
+            t0,
+            || echoes.count.load(Ordering::Relaxed),
+            Some(&log),
+            || false,
+        )
+    } else {
+        workload::measure(w, t0, || acked(&clients), Some(&log), || false)
+    };
+    stop.store(true, Ordering::Relaxed);
+    for t in threads.drain(..) {
+        // A publisher that panicked is a bug in loadgen; report it rather than hide it.
+        t.join().map_err(|_| "a load thread panicked".to_string())?;
+    }
+    // Let what was accepted finish: every message acknowledged, every echo back.
+    let sent = sent.load(Ordering::Relaxed);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while Instant::now() < deadline
+        && (acked(&clients) < sent || (echo && echoes.count.load(Ordering::Relaxed) < sent))
+    {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let stats = sum_counters(clients.iter().map(Engine::stats));
+    let acked = counter(&stats, "msgs_acked");
+    let round_trips = echoes.count.load(Ordering::Relaxed);
+    let counts = Counts {
+        sent,
+        acked,
+        received: if echo { round_trips } else { acked },
+    };
+    for client in clients {
+        // Echoes may still be unacknowledged by the node; that is not an error of the run.
+        match client.shutdown_graceful(Duration::from_secs(2)) {
+            Ok(()) | Err(Error::DrainTimeout { .. }) => {}
+            Err(e) => return Err(format!("stopping a client engine: {e}")),
+        }
+    }
+    Ok(Outcome {
+        window,
+        counts,
+        completed: if echo { "round_trips" } else { "acked" },
+        latency_kind: if echo { "round_trip" } else { "publish_to_ack" },
+        latency: Some(log),
+        client_stats: stats,
+        backpressure: refused.load(Ordering::Relaxed),
+        round_trips: echo.then_some(round_trips),
+    })
+}
+
+/// Publishes as fast as the engine takes messages; every [`SAMPLE_EVERY`]th one is published
+/// with a confirmation, to sample publish-to-ack latency.
+fn publish_flat_out(
+    peer: &Peer,
+    payload: &Bytes,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+    refused: &AtomicU64,
+    samples: &mpsc::SyncSender<(Instant, Confirm)>,
+) {
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let mut accepted = 0;
+        for _ in 0..BATCH {
+            if n.is_multiple_of(SAMPLE_EVERY) {
+                let t = Instant::now();
+                let confirm = peer.publish_confirmed(payload.clone());
+                if confirm.id().is_none() {
+                    // Refused (queue full): the confirm already holds the error.
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    thread::yield_now();
+                    continue;
+                }
+                let _ = samples.try_send((t, confirm));
+            } else {
+                match peer.publish(payload.clone()) {
+                    Ok(_) => {}
+                    Err(Error::Backpressure(_)) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        thread::yield_now();
+                        continue;
+                    }
+                    Err(_) => return,
+                }
+            }
+            n += 1;
+            accepted += 1;
+        }
+        sent.fetch_add(accepted, Ordering::Relaxed);
+    }
+}
+
+/// Waits for each sampled confirmation in turn (acks arrive in order) and records how long
+/// it took from publish.
+fn sample_acks(samples: mpsc::Receiver<(Instant, Confirm)>, log: &LatencyLog) {
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    for (published, mut confirm) in samples {
+        loop {
+            match std::pin::Pin::new(&mut confirm).poll(&mut cx) {
+                Poll::Ready(Ok(_)) => {
+                    let now = Instant::now();
+                    log.record(now, now - published);
+                    break;
+                }
+                Poll::Ready(Err(_)) => break,
+                Poll::Pending => thread::park_timeout(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+struct ThreadWaker(thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// The client handler in latency mode: every echo carries its send time.
+struct Echoes {
+    log: Arc<LatencyLog>,
+    count: AtomicU64,
+}
+
+impl Handler for Echoes {
+    fn on_message(&self, _: &Peer, _: MessageId, payload: &[u8]) {
+        let now = Instant::now();
+        if let Some(sent) = workload::read_stamp(payload) {
+            self.log.record(now, now.saturating_duration_since(sent));
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn wait_connected(clients: &[Engine], server_id: &str, addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let up = clients
+            .iter()
+            .filter(|c| c.stats().peers_connected > 0)
+            .count();
+        if up == clients.len() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {up} of {} connections to {server_id} at {addr} completed the handshake \
+                 within {CONNECT_TIMEOUT:?} (is the node id right? see --target-id)",
+                clients.len()
+            ));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sums the counters of several engines, by name.
+pub fn sum_counters(all: impl Iterator<Item = Stats>) -> Vec<(&'static str, u64)> {
+    let mut sum: Vec<(&'static str, u64)> = Vec::new();
+    for stats in all {
+        let counters = stats.counters();
+        if sum.is_empty() {
+            sum = counters;
+        } else {
+            for (total, (_, value)) in sum.iter_mut().zip(counters) {
+                total.1 += value;
+            }
+        }
+    }
+    sum
+}
+
+fn counter(counters: &[(&'static str, u64)], name: &str) -> u64 {
+    counters
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, v)| *v)
+}
+
+/// A run that lost messages is not a benchmark result: say so and fail.
+fn check_delivery(
+    w: &Workload,
+    report: &Report,
+    round_trips: Option<u64>,
+    embedded: bool,
+) -> Result<(), String> {
+    let delivered = !embedded || report.received == report.sent;
+    let complete = match w.mode {
+        Mode::Throughput => report.acked == report.sent && delivered,
+        Mode::Latency | Mode::Fanin => round_trips == Some(report.sent) && delivered,
+    };
+    if complete {
+        Ok(())
+    } else {
+        Err(format!(
+            "incomplete run: sent {}, acked {}, received {}, echoes {} (after up to {DRAIN_TIMEOUT:?} of draining)",
+            report.sent,
+            report.acked,
+            report.received,
+            round_trips.map_or("-".into(), |n| n.to_string())
+        ))
+    }
+}
+
+use std::future::Future as _;
+
+/// Messages published between checks of the stop flag.
+const BATCH: u64 = 1024;
+/// One publish in this many is sampled for publish-to-ack latency.
+const SAMPLE_EVERY: u64 = 1024;
+const SAMPLES_QUEUED: usize = 4096;
+/// Time between connecting and starting the load, so the first samples are not connects.
+const SETTLE: Duration = Duration::from_millis(20);
+const REACH_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

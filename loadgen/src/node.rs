@@ -1,0 +1,81 @@
+//! The serving side: a ringwire node that counts what it receives and echoes messages back to
+//! the peers that ask for it, used both embedded in `loadgen run` and as `loadgen serve`.
+//!
+//! A peer asks for echoes by its node id: ids containing [`ECHO_MARK`] get every message sent
+//! back unchanged (latency and fanin workloads); others only have their messages counted and
+//! acknowledged (throughput). So one `serve` process handles every workload.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringwire::{Engine, Error, Handler, MessageId, Peer};
+
+/// Part of a client's node id that asks the node to echo its messages.
+pub const ECHO_MARK: &str = "-echo-";
+/// The node id `serve` and the embedded node use unless told otherwise.
+pub const SERVER_ID: &str = "loadgen-server";
+
+/// What the node saw.
+#[derive(Debug, Default)]
+pub struct Sink {
+    pub received: AtomicU64,
+    pub bytes: AtomicU64,
+    pub echoed: AtomicU64,
+    /// Echoes refused because the peer's queue was full (the echo is then lost: a load
+    /// generator that does not read its echoes is the only way to get here).
+    pub echo_refused: AtomicU64,
+    pub connects: AtomicU64,
+}
+
+impl Handler for Sink {
+    fn on_message(&self, peer: &Peer, _: MessageId, payload: &[u8]) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        if peer.node_id().as_str().contains(ECHO_MARK) {
+            match peer.publish(Bytes::copy_from_slice(payload)) {
+                Ok(_) => self.echoed.fetch_add(1, Ordering::Relaxed),
+                Err(_) => self.echo_refused.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    }
+
+    fn on_connected(&self, _: &Peer) {
+        self.connects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How the serving node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub node_id: String,
+    pub listen: SocketAddr,
+    pub shards: usize,
+    pub busy_poll: bool,
+}
+
+/// Starts the node; its shards take cores 0 to `shards - 1`.
+pub fn start(options: &NodeOptions, sink: Arc<Sink>) -> Result<Engine, Error> {
+    let busy = options.busy_poll;
+    Engine::builder()
+        .node_id(options.node_id.clone())
+        .listen(options.listen)
+        .shards(options.shards)
+        .handler(sink)
+        .configure(|c| {
+            c.first_core = 0;
+            c.idle_spin = idle_spin(busy);
+        })
+        .start()
+}
+
+/// The idle strategy: park at once, or spin long enough never to park between messages.
+pub fn idle_spin(busy_poll: bool) -> Duration {
+    if busy_poll { BUSY_SPIN } else { Duration::ZERO }
+}
+
+/// How long a busy-polling shard spins before it parks anyway.
+const BUSY_SPIN: Duration = Duration::from_secs(1);

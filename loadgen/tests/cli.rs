@@ -1,0 +1,228 @@
+//! loadgen end to end, as a user runs it: every workload against the embedded node, the JSON
+//! and `--out` files, `serve` driven through `--target`, and the errors for bad input. Counts
+//! are checked exactly; nothing here depends on how fast the machine is.
+
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn loadgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .output()
+        .expect("loadgen runs")
+}
+
+/// Runs a short workload with `--json -` and returns the parsed report.
+fn report(args: &[&str]) -> Value {
+    let mut all = vec![
+        "run",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--json",
+        "-",
+    ];
+    all.extend_from_slice(args);
+    let out = loadgen(&all);
+    assert!(
+        out.status.success(),
+        "loadgen {all:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is the JSON report")
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn throughput_acks_everything_it_sends() {
+    let r = report(&["--mode", "throughput", "--size", "100"]);
+    assert_eq!(r["schema"], 1);
+    assert_eq!(r["stack"], "ringwire");
+    assert_eq!(r["mode"], "throughput");
+    assert_eq!(r["size"], 100);
+    assert_eq!(r["completed"], "acked");
+    let sent = u(&r, "sent");
+    assert!(sent > 0);
+    assert_eq!(u(&r, "acked"), sent);
+    assert_eq!(u(&r, "received"), sent);
+    assert!(r["msgs_per_s"].as_f64().unwrap() > 0.0);
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(r["latency_us"][key].as_f64().is_some(), "latency_us.{key}");
+    }
+    assert_eq!(r["engine"]["server.msgs_received"], sent);
+}
+
+#[test]
+fn latency_round_trips_every_message() {
+    let r = report(&["--mode", "latency", "--rate", "2000", "--conns", "2"]);
+    assert_eq!(r["mode"], "latency");
+    assert_eq!(r["rate"], 2000);
+    assert_eq!(r["latency_kind"], "round_trip");
+    let sent = u(&r, "sent");
+    assert!(sent > 0);
+    assert_eq!(r["engine"]["round_trips"], sent);
+    assert_eq!(u(&r, "received"), sent);
+    let l = &r["latency_us"];
+    assert!(l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap());
+    assert!(l["p99"].as_f64().unwrap() <= l["max"].as_f64().unwrap());
+}
+
+#[test]
+fn fanin_keeps_every_connection_in_its_loop() {
+    let r = report(&["--mode", "fanin", "--conns", "50"]);
+    assert_eq!(r["conns"], 50);
+    assert_eq!(r["engine"]["server.connects"], 50);
+    let sent = u(&r, "sent");
+    assert!(sent >= 50, "each connection sent at least once");
+    assert_eq!(r["engine"]["round_trips"], sent);
+    assert_eq!(r["engine"]["server.msgs_received"], sent);
+}
+
+#[test]
+fn out_dir_holds_report_logs_and_charts() {
+    let dir = std::env::temp_dir().join(format!("loadgen-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = loadgen(&[
+        "run",
+        "--mode",
+        "latency",
+        "--rate",
+        "1000",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["mode"], "latency");
+    let hlog = std::fs::read_to_string(dir.join("latency.hlog")).unwrap();
+    assert!(hlog.contains("#[StartTime:"));
+    // Interval lines: start,length,max,base64 of a V2 compressed histogram ("HISTF").
+    assert!(
+        hlog.lines()
+            .any(|l| !l.starts_with('#') && l.contains(",HISTF")),
+        "{hlog}"
+    );
+    let hgrm = std::fs::read_to_string(dir.join("latency.hgrm")).unwrap();
+    assert!(hgrm.contains("Percentile") && hgrm.contains("#[Max"));
+    for svg in ["latency.svg", "throughput.svg"] {
+        let text = std::fs::read_to_string(dir.join(svg)).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.contains("<polyline"),
+            "{svg}"
+        );
+    }
+
+    let chart = dir.join("both.svg");
+    let out = loadgen(&[
+        "chart",
+        "--out",
+        chart.to_str().unwrap(),
+        dir.join("report.json").to_str().unwrap(),
+        dir.join("report.json").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&chart).unwrap();
+    assert_eq!(text.matches("<polyline").count(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    for (args, needle) in [
+        (&["--mode", "sideways"][..], "invalid value"),
+        (&["--size", "-3"][..], "unexpected argument"),
+        (&["--mode", "latency", "--size", "4"][..], "at least 8"),
+        (&["--rate", "100"][..], "latency only"),
+        (&["--duration", "soon"][..], "not a duration"),
+        (&["--conns", "0"][..], "--conns"),
+        (&["--size", "99999999"][..], "largest payload"),
+        (&["--shards", "0"][..], "--shards"),
+    ] {
+        let out = loadgen(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn unreachable_target_says_so() {
+    // A port nothing listens on: bind one, then free it.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let out = loadgen(&["--target", &target, "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach --target") && err.contains(&target),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_answers_a_remote_run_and_reports_on_sigterm() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["serve", "--listen", &listen, "--json", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_listening(&listen);
+    let r = report(&["--target", &listen, "--mode", "latency", "--rate", "1000"]);
+    let sent = u(&r, "sent");
+    assert_eq!(r["engine"]["round_trips"], sent);
+
+    // SAFETY: kill sends a signal to the child we spawned and still own.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let out = server.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["signal"], "SIGTERM");
+    assert_eq!(seen["received"], sent);
+    assert_eq!(seen["echoed"], sent);
+}
+
+fn wait_listening(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "serve never listened on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
