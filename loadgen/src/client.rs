@@ -180,10 +180,10 @@ fn streams(
     if echo {
         let (peers, stop, sent, refused) =
             (peers.clone(), stop.clone(), sent.clone(), refused.clone());
-        let (rate, size, busy) = (w.rate.expect("latency has a rate"), w.size, w.busy_poll);
+        let (rate, size) = (w.rate.expect("latency has a rate"), w.size);
         threads.push(thread::spawn(move || {
             workload::pin_thread(core);
-            let mut pacer = Pacer::new(rate, t0, busy);
+            let mut pacer = Pacer::new(rate, t0);
             let mut k = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let due = pacer.wait_next();

@@ -243,25 +243,27 @@ pub fn wait_until(deadline: Instant, busy: bool) {
 
 /// Open-loop pacing: the k-th message is due at `start + k / rate`, whether or not earlier
 /// ones completed, so a stall shows up as latency instead of hiding as a lower send rate.
+///
+/// The pacer always sleeps between messages, even in busy-poll runs: it shares the load core
+/// with the thread that polls for replies, and two spinning threads on one core would take
+/// turns in scheduler time slices (milliseconds), measuring the scheduler instead of the stack.
 #[derive(Debug)]
 pub struct Pacer {
     start: Instant,
     interval_ns: f64,
     next: u64,
-    busy: bool,
 }
 
 impl Pacer {
     /// Call on the thread that will pace: it also tightens that thread's timer slack so a
     /// sleep ends within microseconds of its deadline instead of the default 50 µs.
-    pub fn new(rate: u64, start: Instant, busy: bool) -> Pacer {
+    pub fn new(rate: u64, start: Instant) -> Pacer {
         // SAFETY: PR_SET_TIMERSLACK takes an integer argument and affects only this thread.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
         Pacer {
             start,
             interval_ns: 1e9 / rate as f64,
             next: 0,
-            busy,
         }
     }
 
@@ -269,7 +271,7 @@ impl Pacer {
     pub fn wait_next(&mut self) -> Instant {
         let due = self.start + Duration::from_nanos((self.next as f64 * self.interval_ns) as u64);
         self.next += 1;
-        wait_until(due, self.busy);
+        wait_until(due, false);
         due
     }
 }

@@ -257,7 +257,10 @@ impl Shard {
                     return Ok(());
                 }
                 self.ring.submit(false, None)?;
-                std::hint::spin_loop();
+                // Yield rather than only spin: a thread sharing this core (the application's
+                // publisher, say) then runs as soon as it wakes instead of waiting for the
+                // end of this thread's time slice.
+                std::thread::yield_now();
             }
         }
         if !self.st.mailbox.park() {

@@ -87,6 +87,9 @@ impl Ring {
         let tuned = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
+            // Flags pending deferred completions in the SQ ring, so a non-waiting submit knows
+            // to enter the kernel with GETEVENTS to post them (the busy-poll loop relies on it).
+            .setup_taskrun_flag()
             .setup_cqsize(entries * 4)
             .setup_submit_all()
             .build(entries);
