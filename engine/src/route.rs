@@ -42,9 +42,12 @@ pub(crate) fn owner(node_id: &str, shard_count: usize) -> ShardId {
 }
 
 /// A message on its way from `publish` to the shard.
-pub(crate) struct Outgoing {
-    pub payload: Bytes,
-    pub confirm: Option<Arc<ConfirmSlot>>,
+///
+/// `pub` (not `pub(crate)`) only so that the `internals` feature can hand it to the benches.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub(crate) payload: Bytes,
+    pub(crate) confirm: Option<Arc<ConfirmSlot>>,
 }
 
 /// State of one peer shared between the API threads and its owning shard.
@@ -244,7 +247,10 @@ impl Registry {
 ///
 /// Each slot carries a stamp: `position` when free for the producer of that position,
 /// `position + 1` once written, `position + capacity` once consumed (free for the next lap).
-pub(crate) struct PeerQueue {
+///
+/// `pub` (not `pub(crate)`) only so that the `internals` feature can hand it to the benches;
+/// `pop` stays crate-private because a second consumer would read a slot twice.
+pub struct PeerQueue {
     head: CachePadded<AtomicU64>,
     tail: CachePadded<AtomicU64>,
     slots: Box<[Slot]>,
@@ -282,7 +288,7 @@ impl PeerQueue {
     }
 
     /// Appends `value`, returning its position; hands it back if the queue is full.
-    pub(crate) fn push(&self, value: Outgoing) -> Result<u64, Outgoing> {
+    pub fn push(&self, value: Outgoing) -> Result<u64, Outgoing> {
         let capacity = self.mask + 1;
         let mut tail = self.tail.load(Ordering::Relaxed);
         loop {
@@ -353,6 +359,15 @@ impl PeerQueue {
         self.tail
             .load(Ordering::Relaxed)
             .saturating_sub(self.head.load(Ordering::Relaxed))
+    }
+}
+
+impl fmt::Debug for PeerQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerQueue")
+            .field("capacity", &(self.mask + 1))
+            .field("len", &self.len())
+            .finish()
     }
 }
 
