@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs loadgen (ringwire) and the baselines in bench/ (blocking std sockets, tokio with
+# LengthDelimitedCodec, tokio-uring) side by side on loopback, several times each, and writes
+# docs/benchmarks.md: medians, ratios to each baseline, the bars, the machine, the exact
+# commands and the charts (docs/bench/*.svg).
+#
+# Usage: scripts/bench-report.sh            (RUNS=3 DURATION=5s WARMUP=1s by default)
+#        RUNS=5 DURATION=10s scripts/bench-report.sh
+#        ONLY=tp64 scripts/bench-report.sh  (one workload, for a quick look; still rewrites the doc)
+#
+# Runs are interleaved (run 1 of every workload and stack, then run 2, ...) so that a slow
+# patch of the machine does not land on one stack only. Every command is bounded by `timeout`.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
+ONLY=${ONLY:-}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RAW=target/bench-report/$STAMP
+mkdir -p "$RAW" docs/bench
+
+echo "building release binaries..." >&2
+cargo build --release --quiet -p loadgen -p ringwire-bench --bins
+LOADGEN=target/release/loadgen
+BASELINE=target/release/baseline
+
+# name|flags — the workloads of the report.
+WORKLOADS=(
+  "tp64|--mode throughput --size 64"
+  "tp1k|--mode throughput --size 1024"
+  "lat64|--mode latency --size 64 --rate 10000"
+  "lat64busy|--mode latency --size 64 --rate 10000 --busy-poll"
+  "fanin|--mode fanin --size 64 --conns 1000"
+)
+STACKS=(ringwire std tokio tokio-uring)
+
+command_for() { # stack flags -> the command line
+  local stack=$1 flags=$2
+  if [[ $stack == ringwire ]]; then
+    echo "$LOADGEN run $flags --duration $DURATION --warmup $WARMUP"
+  else
+    echo "$BASELINE --stack $stack $flags --duration $DURATION --warmup $WARMUP"
+  fi
+}
+
+: > "$RAW/commands.txt"
+for run in $(seq 1 "$RUNS"); do
+  for entry in "${WORKLOADS[@]}"; do
+    name=${entry%%|*}
+    flags=${entry#*|}
+    [[ -n $ONLY && $name != "$ONLY" ]] && continue
+    for stack in "${STACKS[@]}"; do
+      cmd=$(command_for "$stack" "$flags")
+      json="$RAW/$name.$stack.$run.json"
+      [[ $run == 1 ]] && echo "$name|$stack|$cmd" >> "$RAW/commands.txt"
+      echo "run $run/$RUNS  $name  $stack" >&2
+      set +e
+      # shellcheck disable=SC2086
+      timeout 180 $cmd --json "$json" > "$RAW/$name.$stack.$run.log" 2>&1
+      status=$?
+      set -e
+      if [[ $status == 2 ]]; then
+        # The stack does not support this workload (e.g. tokio has no busy-poll mode).
+        rm -f "$json"
+        echo "unsupported" > "$RAW/$name.$stack.unsupported"
+      elif [[ $status != 0 ]]; then
+        echo "  failed (exit $status): $(tail -n 3 "$RAW/$name.$stack.$run.log")" >&2
+        rm -f "$json"
+      fi
+    done
+  done
+done
+
+python3 scripts/bench_report.py "$RAW" "$LOADGEN" "$RUNS" "$DURATION" "$WARMUP"
+echo "wrote docs/benchmarks.md (raw results in $RAW)" >&2
