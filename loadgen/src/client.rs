@@ -17,7 +17,7 @@ use loadgen::{Counts, LatencyLog, Mode, Report};
 use ringwire::{Confirm, Engine, Error, Handler, MessageId, Peer, PeerConfig, Stats};
 
 use crate::fanin;
-use crate::node::{self, ECHO_MARK, NodeOptions, Sink};
+use crate::node::{self, ECHO_PREFIX, NodeOptions, Sink};
 
 /// Where the load goes.
 #[derive(Debug, Clone)]
@@ -58,8 +58,8 @@ pub fn run(w: &Workload, target: &Target) -> Result<(Report, Option<Arc<LatencyL
 
     let mut counts = outcome.counts;
     let server_stats = server.as_ref().map(Engine::stats);
-    if server.is_some() {
-        counts.received = sink.received.load(Ordering::Relaxed);
+    if let Some(stats) = &server_stats {
+        counts.received = stats.msgs_received;
     }
     let latency = outcome
         .latency
@@ -153,9 +153,9 @@ fn streams(
     let mut clients = Vec::with_capacity(w.conns);
     let mut peers = Vec::with_capacity(w.conns);
     for i in 0..w.conns {
-        let kind = if echo { ECHO_MARK } else { "-sink-" };
+        let prefix = if echo { ECHO_PREFIX } else { "" };
         let client = Engine::builder()
-            .node_id(format!("loadgen{kind}{}-{i}", std::process::id()))
+            .node_id(format!("{prefix}loadgen-{}-{i}", std::process::id()))
             .shards(1)
             .handler(Arc::clone(&echoes))
             .configure(|c| {
@@ -204,7 +204,10 @@ fn streams(
             let (peer, stop, sent, refused) =
                 (peer.clone(), stop.clone(), sent.clone(), refused.clone());
             let samples = samples_tx.clone();
-            let payload = Bytes::from(vec![0x5a; w.size]);
+            // One static buffer for every message, as the baselines write one buffer: a
+            // refcounted `Bytes` would add an atomic increment and decrement per message
+            // on a counter shared by the publishing thread and the shard.
+            let payload = Bytes::from_static(Box::leak(vec![0x5a; w.size].into_boxed_slice()));
             threads.push(thread::spawn(move || {
                 workload::pin_thread(core);
                 publish_flat_out(&peer, &payload, &stop, &sent, &refused, &samples);

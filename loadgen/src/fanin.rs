@@ -25,7 +25,7 @@ use ringwire::proto::{Connection, ConnectionConfig, Seq, SessionId};
 use ringwire::{AckPolicy, HeartbeatConfig};
 
 use crate::client::Outcome;
-use crate::node::ECHO_MARK;
+use crate::node::ECHO_PREFIX;
 
 /// Runs the fanin workload against the node at `addr`, load driven from `core`.
 pub fn run(
@@ -169,7 +169,7 @@ impl Driver {
                 .and_then(|()| stream.set_nonblocking(true))
                 .map_err(|e| format!("fanin connection {i}: {e}"))?;
             let config = Arc::new(ConnectionConfig {
-                node_id: format!("loadgen{ECHO_MARK}fanin-{}-{i}", std::process::id()).into(),
+                node_id: format!("{ECHO_PREFIX}fanin-{}-{i}", std::process::id()).into(),
                 body_len_max: BODY_LEN_MAX,
                 handshake_timeout: CONNECT_TIMEOUT,
                 heartbeat: HeartbeatConfig::default(),
@@ -289,10 +289,17 @@ impl Driver {
                     client.conn.handle_eof();
                     break;
                 }
-                Ok(n) => client
-                    .conn
-                    .handle_bytes(&mut client.sessions, &self.scratch[..n], now, &mut seen)
-                    .map_err(|e| format!("fanin connection {i}: protocol error: {e}"))?,
+                Ok(n) => {
+                    client
+                        .conn
+                        .handle_bytes(&mut client.sessions, &self.scratch[..n], now, &mut seen)
+                        .map_err(|e| format!("fanin connection {i}: protocol error: {e}"))?;
+                    // A short read drained the socket; epoll is level-triggered, so anything
+                    // that arrives later is reported again. Saves a read that would say EAGAIN.
+                    if n < self.scratch.len() {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("fanin connection {i}: read: {e}")),

@@ -169,12 +169,11 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let signal = wait_signal(&signals);
     let stats = engine.stats();
     let elapsed = started.elapsed().as_secs_f64();
-    let received = sink.received.load(Ordering::Relaxed);
     let mut seen = serde_json::Map::new();
     seen.insert("signal".into(), signal.into());
     seen.insert("uptime_s".into(), elapsed.into());
-    seen.insert("received".into(), received.into());
-    seen.insert("bytes".into(), sink.bytes.load(Ordering::Relaxed).into());
+    seen.insert("received".into(), stats.msgs_received.into());
+    seen.insert("bytes".into(), stats.bytes_received.into());
     seen.insert("echoed".into(), sink.echoed.load(Ordering::Relaxed).into());
     seen.insert(
         "echo_refused".into(),

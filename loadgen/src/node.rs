@@ -1,9 +1,11 @@
 //! The serving side: a ringwire node that counts what it receives and echoes messages back to
 //! the peers that ask for it, used both embedded in `loadgen run` and as `loadgen serve`.
 //!
-//! A peer asks for echoes by its node id: ids containing [`ECHO_MARK`] get every message sent
-//! back unchanged (latency and fanin workloads); others only have their messages counted and
-//! acknowledged (throughput). So one `serve` process handles every workload.
+//! A peer asks for echoes by its node id: ids starting with [`ECHO_PREFIX`] get every message
+//! sent back unchanged (latency and fanin workloads); others only have their messages
+//! acknowledged (throughput). So one `serve` process handles every workload. The engine counts
+//! what arrives; the handler adds nothing to the path of a message it does not echo but a
+//! five-byte prefix check.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,16 +15,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringwire::{Engine, Error, Handler, MessageId, Peer};
 
-/// Part of a client's node id that asks the node to echo its messages.
-pub const ECHO_MARK: &str = "-echo-";
+/// Start of a client's node id that asks the node to echo its messages.
+pub const ECHO_PREFIX: &str = "echo-";
 /// The node id `serve` and the embedded node use unless told otherwise.
 pub const SERVER_ID: &str = "loadgen-server";
 
-/// What the node saw.
+/// What the node echoed (the engine's counters say what it received).
 #[derive(Debug, Default)]
 pub struct Sink {
-    pub received: AtomicU64,
-    pub bytes: AtomicU64,
     pub echoed: AtomicU64,
     /// Echoes refused because the peer's queue was full (the echo is then lost: a load
     /// generator that does not read its echoes is the only way to get here).
@@ -32,10 +32,7 @@ pub struct Sink {
 
 impl Handler for Sink {
     fn on_message(&self, peer: &Peer, _: MessageId, payload: &[u8]) {
-        self.received.fetch_add(1, Ordering::Relaxed);
-        self.bytes
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
-        if peer.node_id().as_str().contains(ECHO_MARK) {
+        if peer.node_id().as_str().starts_with(ECHO_PREFIX) {
             match peer.publish(Bytes::copy_from_slice(payload)) {
                 Ok(_) => self.echoed.fetch_add(1, Ordering::Relaxed),
                 Err(_) => self.echo_refused.fetch_add(1, Ordering::Relaxed),
