@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 /// A named series of (x, y) points.
 pub type Series<'a> = (&'a str, &'a [(f64, f64)]);
 
-/// Latency by percentile; points are (percentile 0..=100, value).
+/// Latency by percentile; points are (percentile 0..=100, value). The value axis is
+/// logarithmic, so that medians of a few microseconds and millisecond tails both read.
 pub fn percentiles(series: &[Series<'_>], y_label: &str) -> String {
     // Map a percentile to log10(1/(1-p)), capped at 10^5 (99.999 %).
     let x_of = |p: f64| {
@@ -31,7 +32,7 @@ pub fn percentiles(series: &[Series<'_>], y_label: &str) -> String {
         (4.0, "99.99%"),
         (5.0, "99.999%"),
     ];
-    plot(&mapped, (0.0, 5.0), &ticks, "percentile", y_label)
+    plot(&mapped, (0.0, 5.0), &ticks, "percentile", y_label, true)
 }
 
 /// A value over time; points are (seconds, value).
@@ -51,7 +52,7 @@ pub fn timeline(series: &[Series<'_>], y_label: &str) -> String {
         .map(|x| (x, format!("{x}s")))
         .collect();
     let ticks: Vec<(f64, &str)> = labels.iter().map(|(x, s)| (*x, s.as_str())).collect();
-    plot(&mapped, (0.0, x_max), &ticks, "time", y_label)
+    plot(&mapped, (0.0, x_max), &ticks, "time", y_label, false)
 }
 
 fn plot(
@@ -60,16 +61,43 @@ fn plot(
     x_ticks: &[(f64, &str)],
     x_label: &str,
     y_label: &str,
+    log_y: bool,
 ) -> String {
-    let y_top = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
-        .filter(|y| y.is_finite())
-        .fold(0.0f64, f64::max);
-    let y_step = nice_step(y_top.max(1e-9) / 5.0);
-    let y_max = (y_top / y_step).ceil().max(1.0) * y_step;
+    let values = || {
+        series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
+            .filter(|y| y.is_finite() && (!log_y || *y > 0.0))
+    };
+    let y_top = values().fold(0.0f64, f64::max);
+    // Gridlines: multiples of a round step, or whole decades on a log axis.
+    let (y_min, y_max, grid): (f64, f64, Vec<f64>) = if log_y {
+        let low = values().fold(f64::INFINITY, f64::min);
+        let low = if low.is_finite() {
+            low.log10().floor()
+        } else {
+            0.0
+        };
+        let high = y_top.max(1e-9).log10().ceil().max(low + 1.0);
+        let decades = (low as i32..=high as i32).map(|d| 10f64.powi(d)).collect();
+        (10f64.powf(low), 10f64.powf(high), decades)
+    } else {
+        let step = nice_step(y_top.max(1e-9) / 5.0);
+        let top = (y_top / step).ceil().max(1.0) * step;
+        let lines = (0..)
+            .map(|i| i as f64 * step)
+            .take_while(|y| *y <= top + step * 1e-6);
+        (0.0, top, lines.collect())
+    };
     let px = |x: f64| LEFT + (x - x_min) / (x_max - x_min).max(1e-12) * PLOT_W;
-    let py = |y: f64| TOP + PLOT_H - y / y_max * PLOT_H;
+    let py = |y: f64| {
+        let share = if log_y {
+            (y.max(y_min).log10() - y_min.log10()) / (y_max.log10() - y_min.log10())
+        } else {
+            y / y_max
+        };
+        TOP + PLOT_H - share * PLOT_H
+    };
 
     let mut s = String::new();
     let _ = write!(
@@ -81,8 +109,7 @@ fn plot(
         H = TOP + PLOT_H + BOTTOM,
     );
     // Grid and axis labels.
-    let mut y = 0.0;
-    while y <= y_max + y_step * 1e-6 {
+    for &y in &grid {
         let _ = writeln!(
             s,
             r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{x2}" y2="{yy:.1}" stroke="#ddd"/><text x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"##,
@@ -92,7 +119,6 @@ fn plot(
             ty = py(y) + 4.0,
             label = format_value(y),
         );
-        y += y_step;
     }
     for &(x, label) in x_ticks {
         let _ = writeln!(
@@ -117,7 +143,7 @@ fn plot(
         let color = COLORS[i % COLORS.len()];
         let path: Vec<String> = points
             .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0))
             .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
             .collect();
         let _ = writeln!(
