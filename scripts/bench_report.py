@@ -172,7 +172,7 @@ def main():
             elif workload.startswith("lat"):
                 # Latency workloads all carry the offered rate; compare medians instead.
                 x = ratio(m(workload, "ringwire", lat("p50")), m(workload, stack, lat("p50")))
-                rel = f"{x:.2f}× (p50)" if x else ""
+                rel = f"{x:.2f}× p50 (lower is better)" if x else ""
             else:
                 x = ratio(base, rate)
                 rel = f"{x:.2f}×" if x else ""
