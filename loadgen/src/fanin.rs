@@ -323,14 +323,7 @@ impl Driver {
                 self.send_next(i, now);
             }
         }
-        let client = &mut self.clients[i];
-        if client.out_pos == client.out.len() {
-            client.out.clear();
-            client.out_pos = 0;
-        }
-        client
-            .conn
-            .poll_transmit(&mut client.sessions, now, &mut client.out, usize::MAX);
+        self.clients[i].queue_transmit(now);
         Ok(echoes)
     }
 
@@ -343,13 +336,7 @@ impl Driver {
         client.sessions.tx.push(seq, Bytes::from(payload), now);
         client.waiting = true;
         self.sent += 1;
-        if client.out_pos == client.out.len() {
-            client.out.clear();
-            client.out_pos = 0;
-        }
-        client
-            .conn
-            .poll_transmit(&mut client.sessions, now, &mut client.out, usize::MAX);
+        client.queue_transmit(now);
     }
 
     /// Writes connection `i`'s pending bytes; arms EPOLLOUT if the socket is full.
@@ -371,6 +358,18 @@ impl Driver {
             client.want_write = want_write;
         }
         Ok(())
+    }
+}
+
+impl Client {
+    /// Appends what the protocol has due to the bytes waiting to be written.
+    fn queue_transmit(&mut self, now: Instant) {
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        self.conn
+            .poll_transmit(&mut self.sessions, now, &mut self.out, usize::MAX);
     }
 }
 
