@@ -66,6 +66,7 @@ mod config;
 mod confirm;
 mod error;
 mod metrics;
+mod outbox;
 mod route;
 mod shard;
 mod sync;

@@ -1,0 +1,146 @@
+//! The outbox record: one accepted message as it lies in a segment file.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  total_len  header + payload bytes, little-endian; 0 = nothing written here
+//!      4     4  crc32c     CRC32C of bytes 8..total_len (session, seq, payload)
+//!      8    16  session    the outbound session's UUID
+//!     24     8  seq        the message's sequence number, little-endian
+//!     32     …  payload
+//! ```
+//!
+//! Records start on 8-byte boundaries; the gap to the next boundary is zero. Segment files are
+//! preallocated with zeros, so a zero `total_len` marks the end of what was written. A record
+//! is written body first and `total_len` last, so a process killed mid-append leaves either
+//! nothing or a record whose CRC does not match: a torn tail, never a plausible lie.
+
+use crate::proto::{Seq, SessionId};
+
+/// Bytes before the payload.
+pub(crate) const RECORD_HEADER_LEN: usize = 32;
+/// Records start at multiples of this.
+pub(crate) const RECORD_ALIGN: usize = 8;
+
+/// A record read back from a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Record<'a> {
+    pub session: SessionId,
+    pub seq: Seq,
+    pub payload: &'a [u8],
+}
+
+/// Why the bytes at an offset are not a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    /// `total_len` is zero: nothing was written here.
+    Empty,
+    /// `total_len` is below the header size or runs past the end of the space.
+    BadLength,
+    /// The checksum does not match the contents.
+    BadChecksum,
+}
+
+/// The space a record with `payload_len` bytes of payload takes, padding included.
+pub(crate) fn space(payload_len: usize) -> usize {
+    (RECORD_HEADER_LEN + payload_len).next_multiple_of(RECORD_ALIGN)
+}
+
+/// Writes a record at the start of `dst`, which must hold [`space`]`(payload.len())` bytes of
+/// zeros, and returns the bytes used. The length word goes in last.
+pub(crate) fn write(dst: &mut [u8], session: SessionId, seq: Seq, payload: &[u8]) -> usize {
+    let total = RECORD_HEADER_LEN + payload.len();
+    let used = space(payload.len());
+    assert!(dst.len() >= used, "record space checked by the caller");
+    let total_u32 = u32::try_from(total).expect("segments are far smaller than 4 GiB");
+    dst[8..24].copy_from_slice(session.0.as_bytes());
+    dst[24..32].copy_from_slice(&seq.0.to_le_bytes());
+    dst[RECORD_HEADER_LEN..total].copy_from_slice(payload);
+    let crc = crc32c::crc32c(&dst[8..total]);
+    dst[4..8].copy_from_slice(&crc.to_le_bytes());
+    dst[0..4].copy_from_slice(&total_u32.to_le_bytes());
+    used
+}
+
+/// Reads the record at the start of `src`; on success also returns the bytes it takes.
+pub(crate) fn read(src: &[u8]) -> Result<(Record<'_>, usize), Invalid> {
+    let word = |at: usize| {
+        src.get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let Some(total) = word(0) else {
+        return Err(Invalid::Empty);
+    };
+    let total = total as usize;
+    if total == 0 {
+        return Err(Invalid::Empty);
+    }
+    if total < RECORD_HEADER_LEN || total > src.len() {
+        return Err(Invalid::BadLength);
+    }
+    let crc = word(4).expect("total >= header");
+    if crc32c::crc32c(&src[8..total]) != crc {
+        return Err(Invalid::BadChecksum);
+    }
+    let session = uuid::Uuid::from_bytes(src[8..24].try_into().unwrap());
+    let seq = u64::from_le_bytes(src[24..32].try_into().unwrap());
+    let used = total.next_multiple_of(RECORD_ALIGN).min(src.len());
+    Ok((
+        Record {
+            session: SessionId(session),
+            seq: Seq(seq),
+            payload: &src[RECORD_HEADER_LEN..total],
+        },
+        used,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn session() -> SessionId {
+        SessionId(Uuid::from_u128(0x1234_5678))
+    }
+
+    #[test]
+    fn records_round_trip_with_padding() {
+        for len in [0usize, 1, 7, 8, 9, 1000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut buf = vec![0u8; space(len) + 16];
+            let used = write(&mut buf, session(), Seq(42), &payload);
+            assert_eq!(used % RECORD_ALIGN, 0);
+            assert_eq!(used, space(len));
+            let (record, read_used) = read(&buf).unwrap();
+            assert_eq!(read_used, used);
+            assert_eq!(record.session, session());
+            assert_eq!(record.seq, Seq(42));
+            assert_eq!(record.payload, &payload[..]);
+            assert_eq!(read(&buf[used..]), Err(Invalid::Empty));
+        }
+    }
+
+    #[test]
+    fn any_flipped_bit_is_detected() {
+        let payload = b"the payload of a durable message";
+        let mut buf = vec![0u8; space(payload.len())];
+        write(&mut buf, session(), Seq(7), payload);
+        let total = RECORD_HEADER_LEN + payload.len();
+        for bit in 0..total * 8 {
+            let mut bad = buf.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(read(&bad).is_err(), "flipping bit {bit} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn lengths_outside_the_space_are_rejected() {
+        let mut buf = vec![0u8; 64];
+        buf[0..4].copy_from_slice(&8u32.to_le_bytes());
+        assert_eq!(read(&buf), Err(Invalid::BadLength));
+        buf[0..4].copy_from_slice(&65u32.to_le_bytes());
+        assert_eq!(read(&buf), Err(Invalid::BadLength));
+        assert_eq!(read(&buf[..3]), Err(Invalid::Empty));
+    }
+}
