@@ -1,17 +1,20 @@
 //! The durable outbox: every accepted message kept in memory-mapped segment files in the
 //! sending process until the peer acknowledges it (DESIGN.md, "Durable outbox").
 //!
-//! Owns: the record format ([`record`]), segment files and their recovery scan ([`segment`]).
+//! Owns: the record format ([`record`]), segment files and their recovery scan ([`segment`]),
+//! and the receiver's delivered watermarks ([`watermarks`]).
 //! Invariants: a segment's blocks are allocated before it is mapped, so stores through the map
 //! never meet a full disk; a record is written body first and length last, so a crash leaves
 //! either nothing or a record whose checksum fails; a scan never returns a record whose
 //! checksum fails. Must never depend on `shard` or the API: the shard calls in, with bytes.
 //!
-//! Status: the record format and segments (create, append, reopen, torn-tail and mid-segment
-//! damage detection) are built and tested; the shard does not write to them yet.
+//! Status: the record format, segments (create, append, reopen, torn-tail and mid-segment
+//! damage detection) and the watermark file are built and tested; the shard does not use them
+//! yet.
 
 // Not yet called by the shard (see Status above); the tests exercise all of it.
 #![cfg_attr(not(test), allow(dead_code))]
 
 pub(crate) mod record;
 pub(crate) mod segment;
+pub(crate) mod watermarks;
