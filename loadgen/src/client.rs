@@ -4,6 +4,7 @@
 //! Thread placement matches the baselines in `bench/`: the node's shards take cores 0.., the
 //! client engines' shards and the threads that publish take the next core.
 
+use std::future::Future as _;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -171,7 +172,7 @@ fn streams(
         peers.push(peer);
     }
     wait_connected(&clients, server_id, addr)?;
-    workload::wait_until(t0, false);
+    workload::sleep_until(t0);
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -421,8 +422,6 @@ fn check_delivery(
         ))
     }
 }
-
-use std::future::Future as _;
 
 /// Messages published between checks of the stop flag.
 const BATCH: u64 = 1024;

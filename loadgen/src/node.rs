@@ -27,7 +27,6 @@ pub struct Sink {
     /// Echoes refused because the peer's queue was full (the echo is then lost: a load
     /// generator that does not read its echoes is the only way to get here).
     pub echo_refused: AtomicU64,
-    pub connects: AtomicU64,
 }
 
 impl Handler for Sink {
@@ -38,10 +37,6 @@ impl Handler for Sink {
                 Err(_) => self.echo_refused.fetch_add(1, Ordering::Relaxed),
             };
         }
-    }
-
-    fn on_connected(&self, _: &Peer) {
-        self.connects.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -63,6 +63,10 @@ pub struct Report {
     /// The engine's own counters (ringwire only): name → value.
     pub engine: Option<serde_json::Map<String, serde_json::Value>>,
     pub machine: Machine,
+    /// When the measured window ended, so that files written later summarize the same
+    /// samples as `latency_us` (not part of the JSON).
+    #[serde(skip)]
+    pub window_end: Option<Instant>,
 }
 
 /// Latency percentiles in microseconds.
@@ -406,6 +410,7 @@ impl Report {
             timeline: window.timeline.clone(),
             engine: None,
             machine: Machine::this(),
+            window_end: Some(window.end),
         }
     }
 
@@ -421,7 +426,7 @@ impl Report {
             self.write_json(path)?;
         }
         if let Some(dir) = &w.out {
-            let end = Instant::now();
+            let end = self.window_end.unwrap_or_else(Instant::now);
             let total = latency.map(|log| (log, log.total(end)));
             write_out_dir(self, total.as_ref().map(|(log, h)| (*log, h)), dir)?;
         }

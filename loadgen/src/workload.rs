@@ -226,18 +226,14 @@ pub fn measure(
     }
 }
 
-/// Sleeps (or spins, when `busy`) until `deadline`.
-pub fn wait_until(deadline: Instant, busy: bool) {
+/// Sleeps until `deadline`.
+pub fn sleep_until(deadline: Instant) {
     loop {
         let now = Instant::now();
         if now >= deadline {
             return;
         }
-        if busy {
-            std::hint::spin_loop();
-        } else {
-            std::thread::sleep(deadline - now);
-        }
+        std::thread::sleep(deadline - now);
     }
 }
 
@@ -271,7 +267,7 @@ impl Pacer {
     pub fn wait_next(&mut self) -> Instant {
         let due = self.start + Duration::from_nanos((self.next as f64 * self.interval_ns) as u64);
         self.next += 1;
-        wait_until(due, false);
+        sleep_until(due);
         due
     }
 }
