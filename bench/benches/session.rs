@@ -37,8 +37,7 @@ fn tx(c: &mut Criterion) {
                 for n in 1..=MESSAGE_COUNT {
                     let seq = session.seq_next();
                     session.push(seq, payload.clone(), None);
-                    let (seq_sent, bytes) = session.poll_transmit().expect("just pushed");
-                    black_box((seq_sent, bytes));
+                    black_box(session.poll_transmit().expect("just pushed"));
                     if n % ack_every == 0 {
                         session
                             .handle_ack(black_box(seq), |seq_acked, entry| {

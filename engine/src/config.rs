@@ -1,6 +1,7 @@
 //! Engine and peer configuration, with the documented defaults.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -54,6 +55,36 @@ pub struct Config {
     pub backoff: Backoff,
     /// How long an idle shard keeps polling before it parks (default zero: park at once).
     pub idle_spin: Duration,
+    /// Directory of the durable outbox and of the receiver's watermarks (default `None`:
+    /// unacknowledged messages live in memory only and survive dropped links, not a crash of
+    /// this process). See docs/durability.md.
+    pub outbox_dir: Option<PathBuf>,
+    /// When the outbox reaches the disk (default [`SyncPolicy::None`]).
+    pub outbox_sync: SyncPolicy,
+    /// Size of each outbox segment file (default 64 MiB). Must hold the largest record.
+    pub outbox_segment_len: usize,
+    /// Outbox bytes per shard before `publish` returns [`Error::OutboxFull`] (default 1 GiB,
+    /// rounded down to whole segments).
+    pub outbox_bytes_max: usize,
+    /// Outbox bytes per peer before `publish` returns [`Error::Backpressure`] (default
+    /// 256 MiB).
+    pub outbox_peer_bytes_max: usize,
+}
+
+/// When outbox records are written to disk, and what `publish_confirmed` then promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// Never forced: records sit in the page cache and survive a crash of the process, not of
+    /// the machine. `publish_confirmed` resolves on the peer's ACK.
+    #[default]
+    None,
+    /// Every interval, the shard syncs what was written since the last sync: a machine crash
+    /// loses at most that much. `publish_confirmed` resolves on the peer's ACK.
+    Interval(Duration),
+    /// Group commit: once per loop turn the shard syncs everything appended, and sends a message
+    /// only after its record is on disk, so an ACK implies durability and `publish_confirmed`
+    /// resolves only for synced records.
+    Always,
 }
 
 impl Config {
@@ -79,6 +110,11 @@ impl Config {
             ack: AckPolicy::default(),
             backoff: Backoff::default(),
             idle_spin: Duration::ZERO,
+            outbox_dir: None,
+            outbox_sync: SyncPolicy::None,
+            outbox_segment_len: 64 << 20,
+            outbox_bytes_max: 1 << 30,
+            outbox_peer_bytes_max: 256 << 20,
         }
     }
 
@@ -112,6 +148,27 @@ impl Config {
         }
         if self.heartbeat.interval.is_zero() || self.heartbeat.timeout <= self.heartbeat.interval {
             return invalid("heartbeat timeout must exceed a non-zero interval");
+        }
+        let record_max = crate::outbox::record::space(self.payload_len_max());
+        if self.outbox_dir.is_some() {
+            if self.outbox_segment_len < crate::outbox::segment::HEADER_LEN + record_max
+                || !self.outbox_segment_len.is_multiple_of(4096)
+            {
+                return invalid(
+                    "outbox_segment_len must be a multiple of 4096 that holds the largest record \
+                     (lower body_len_max or raise the segment size)",
+                );
+            }
+            if self.outbox_bytes_max < self.outbox_segment_len || self.outbox_peer_bytes_max == 0 {
+                return invalid(
+                    "outbox_bytes_max must hold a segment; outbox_peer_bytes_max must be positive",
+                );
+            }
+            if matches!(self.outbox_sync, SyncPolicy::Interval(d) if d.is_zero()) {
+                return invalid(
+                    "outbox_sync interval must be positive (or use SyncPolicy::Always)",
+                );
+            }
         }
         self.backoff.validate()
     }

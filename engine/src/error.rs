@@ -19,6 +19,14 @@ pub enum Error {
     ShuttingDown,
     /// Graceful shutdown ran out of time with messages still unacknowledged.
     DrainTimeout { unacked: u64 },
+    /// The shard's outbox has no room: its `outbox_bytes_max` is reached, or the disk is full
+    /// (`disk_full`). The payload is handed back; messages already accepted are intact and
+    /// space returns as the peer acknowledges them.
+    OutboxFull { payload: Bytes, disk_full: bool },
+    /// A sync of the outbox failed. The kernel may have dropped the written pages, so nothing
+    /// written since the last good sync is ever confirmed, and the outbox accepts nothing more
+    /// until the engine is restarted (which recovers what is really on disk).
+    OutboxFailed,
     /// The kernel lacks an io_uring feature the engine needs.
     Unsupported(String),
     /// The operating system failed; `context` says what the engine was doing.
@@ -55,6 +63,19 @@ impl fmt::Display for Error {
                     "shutdown timed out with {unacked} messages unacknowledged"
                 )
             }
+            Error::OutboxFull { payload, disk_full } => write!(
+                f,
+                "outbox full ({}); {} byte payload not accepted",
+                if *disk_full {
+                    "no space left on the disk"
+                } else {
+                    "outbox_bytes_max reached"
+                },
+                payload.len()
+            ),
+            Error::OutboxFailed => f.write_str(
+                "outbox sync failed earlier; the outbox accepts and confirms nothing until restart",
+            ),
             Error::Unsupported(msg) => write!(f, "unsupported kernel: {msg}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
         }

@@ -64,6 +64,7 @@ pub mod proto;
 
 mod config;
 mod confirm;
+mod durable;
 mod error;
 mod metrics;
 mod outbox;
@@ -82,12 +83,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 
-pub use crate::config::{Backoff, Config, PeerConfig};
+pub use crate::config::{Backoff, Config, PeerConfig, SyncPolicy};
 pub use crate::confirm::Confirm;
 use crate::confirm::ConfirmSlot;
 pub use crate::error::Error;
 use crate::metrics::SharedCounters;
 pub use crate::metrics::{PeerStats, Stats};
+pub use crate::outbox::store::RecoveryReport;
+use crate::outbox::store::ShardOutbox;
 pub use crate::proto::SessionId;
 pub use crate::proto::ack::AckPolicy;
 pub use crate::proto::heartbeat::HeartbeatConfig;
@@ -145,6 +148,10 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The connection to `peer` closed; unacknowledged messages wait for the next one.
     fn on_disconnected(&self, _peer: &Peer) {}
+
+    /// `peer` accepted message `id` but lost it (its outbox record was damaged): it will never
+    /// be delivered. Counted in `msgs_lost_by_peer`; the peer reports it as `outbox_lost`.
+    fn on_lost(&self, _peer: &Peer, _id: MessageId) {}
 }
 
 /// A shared handler: keep an `Arc` to read what it collected.
@@ -159,6 +166,10 @@ impl<H: Handler> Handler for Arc<H> {
 
     fn on_disconnected(&self, peer: &Peer) {
         (**self).on_disconnected(peer);
+    }
+
+    fn on_lost(&self, peer: &Peer, id: MessageId) {
+        (**self).on_lost(peer, id);
     }
 }
 
@@ -218,13 +229,39 @@ impl Peer {
                 len_max,
             });
         }
-        match self.shared.push(Outgoing { payload, confirm }) {
-            Ok(seq) => Ok(MessageId {
-                session: self.shared.tx_session,
-                seq,
-            }),
-            Err(back) => Err(Error::Backpressure(back.payload)),
-        }
+        let seq = match &self.shared.durable {
+            Some(durable) => self.shared.push_durable(durable, payload, confirm)?,
+            None => self
+                .shared
+                .push(Outgoing {
+                    payload,
+                    confirm,
+                    stored: None,
+                })
+                .map_err(|back| Error::Backpressure(back.payload))?,
+        };
+        Ok(MessageId {
+            session: self.shared.tx_session,
+            seq,
+        })
+    }
+
+    /// This node's outbound session to the peer: with an outbox, the same across restarts.
+    pub fn session(&self) -> SessionId {
+        self.shared.tx_session
+    }
+
+    /// The sequence number the next accepted message will get. With an outbox it continues
+    /// across restarts: a sender that numbers its messages can resume from it.
+    pub fn seq_next(&self) -> u64 {
+        self.shared.queue.pushed() + 1
+    }
+
+    /// The highest sequence number the peer has acknowledged (as last published by the shard).
+    pub fn seq_acked(&self) -> u64 {
+        self.shared
+            .seq_acked
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -249,17 +286,27 @@ pub(crate) struct EngineShared {
     registry: Registry,
     counters: Vec<CachePadded<SharedCounters>>,
     closing: AtomicBool,
+    /// One per shard when the engine has an outbox, else empty.
+    outboxes: Vec<Arc<ShardOutbox>>,
+    recovery: RecoveryReport,
 }
 
 impl EngineShared {
     fn peer(self: &Arc<Self>, node_id: &str) -> Peer {
-        let shared =
-            self.registry
-                .get_or_create(node_id, &self.mailboxes, self.config.peer_queue_len);
         Peer {
-            shared,
+            shared: self.peer_shared(node_id),
             engine: Arc::clone(self),
         }
+    }
+
+    fn peer_shared(&self, node_id: &str) -> Arc<route::PeerShared> {
+        self.registry.get_or_create(
+            node_id,
+            &self.mailboxes,
+            self.config.peer_queue_len,
+            &self.outboxes,
+            self.config.outbox_peer_bytes_max,
+        )
     }
 }
 
@@ -269,6 +316,10 @@ pub struct Engine {
     shared: Arc<EngineShared>,
     threads: Vec<JoinHandle<()>>,
     local_addr: Option<SocketAddr>,
+    /// Held while the engine runs, so only one engine at a time uses an outbox directory.
+    /// Released when the shards have stopped, even if `Peer` handles outlive the engine (they
+    /// refuse to publish once it stops).
+    outbox_lock: Option<std::fs::File>,
 }
 
 impl Engine {
@@ -306,6 +357,14 @@ impl Engine {
             }
             None => ((0..config.shards).map(|_| None).collect::<Vec<_>>(), None),
         };
+        let opened = match &config.outbox_dir {
+            Some(dir) => Some(durable::open(dir, &config)?),
+            None => None,
+        };
+        let (outbox_lock, mut stores, recovery) = match opened {
+            Some(o) => (Some(o.lock), o.shards, o.report),
+            None => (None, Vec::new(), RecoveryReport::default()),
+        };
         let shared = Arc::new(EngineShared {
             counters: (0..config.shards)
                 .map(|_| CachePadded::new(SharedCounters::default()))
@@ -314,9 +373,12 @@ impl Engine {
             mailboxes,
             registry: Registry::default(),
             closing: AtomicBool::new(false),
+            outboxes: stores.iter().map(|s| Arc::clone(&s.outbox)).collect(),
+            recovery,
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
+        stores.reverse();
         for (index, listener) in listeners.into_iter().enumerate() {
             let init = shard::Init {
                 id: route::ShardId(index),
@@ -324,6 +386,7 @@ impl Engine {
                 handler: Arc::clone(&handler),
                 listener,
                 ready: ready_tx.clone(),
+                durable: stores.pop(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ringwire-{}-{index}", shared.config.node_id))
@@ -336,6 +399,7 @@ impl Engine {
             shared,
             threads,
             local_addr,
+            outbox_lock,
         };
         for _ in 0..engine.threads.len() {
             match ready_rx.recv() {
@@ -444,6 +508,12 @@ impl Engine {
         stats
     }
 
+    /// What the outbox recovery found at start (all zero without an outbox). Damaged records
+    /// are counted in `lost`, also published as the `outbox_lost` counter.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.shared.recovery
+    }
+
     /// The address the listener is bound to (with the real port when `listen` used port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
@@ -491,6 +561,7 @@ impl Engine {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        self.outbox_lock = None;
     }
 }
 
@@ -599,6 +670,7 @@ pub mod internals {
         Outgoing {
             payload,
             confirm: None,
+            stored: None,
         }
     }
 

@@ -65,6 +65,15 @@ counters! {
     ring_enters,
     /// Event-loop turns.
     loop_turns,
+    /// Accepted messages the outbox recovery found damaged or missing (never delivered; the
+    /// peers were told).
+    outbox_lost,
+    /// Outbox syncs (fdatasync rounds) under the `Interval` and `Always` policies.
+    outbox_syncs,
+    /// Outbox syncs that failed; after the first, the outbox confirms nothing more.
+    outbox_sync_failures,
+    /// Messages peers reported lost from their outboxes (LOST frames received).
+    msgs_lost_by_peer,
 }
 
 /// One peer's state, as last published by its shard.

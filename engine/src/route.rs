@@ -22,8 +22,11 @@ use crossbeam_queue::SegQueue;
 use crossbeam_utils::CachePadded;
 
 use crate::confirm::ConfirmSlot;
-use crate::proto::SessionId;
+use crate::error::Error;
+use crate::outbox::record;
+use crate::outbox::store::{AppendError, ShardOutbox, Stored};
 use crate::proto::handshake::HelloInfo;
+use crate::proto::{Seq, SessionId};
 use crate::sync::{AtomicBool, AtomicU64, Ordering, UnsafeCell};
 use crate::{NodeId, PeerConfig};
 
@@ -48,6 +51,22 @@ pub(crate) fn owner(node_id: &str, shard_count: usize) -> ShardId {
 pub struct Outgoing {
     pub(crate) payload: Bytes,
     pub(crate) confirm: Option<Arc<ConfirmSlot>>,
+    /// Where its outbox record lies, when the engine has an outbox.
+    pub(crate) stored: Option<Stored>,
+}
+
+/// A peer's link to its shard's outbox.
+#[derive(Debug)]
+pub(crate) struct Durable {
+    pub outbox: Arc<ShardOutbox>,
+    /// The peer's slot in the outbox's session table, or why it has none (the table is full);
+    /// without one, publishing to the peer fails.
+    pub slot: Result<usize, String>,
+    /// The acknowledged seq the session table held at start.
+    pub acked_at_start: Seq,
+    /// Outbox bytes held for this peer (record space of unacknowledged messages).
+    pub bytes: AtomicU64,
+    pub bytes_max: u64,
 }
 
 /// State of one peer shared between the API threads and its owning shard.
@@ -59,6 +78,8 @@ pub(crate) struct PeerShared {
     /// This node's outbound session to the peer; it names every message id.
     pub tx_session: SessionId,
     pub queue: PeerQueue,
+    /// The outbox, if the engine has one.
+    pub durable: Option<Durable>,
     /// Set while the peer sits on its shard's ready list.
     pub notified: AtomicBool,
     pub mailbox: Arc<Mailbox>,
@@ -74,6 +95,68 @@ impl PeerShared {
     /// sequence number.
     pub(crate) fn push(self: &Arc<Self>, outgoing: Outgoing) -> Result<u64, Outgoing> {
         let position = self.queue.push(outgoing)?;
+        self.notify();
+        Ok(position + 1)
+    }
+
+    /// Writes the message's outbox record, then queues it: the record is in the map before
+    /// this returns, so a crash afterwards cannot lose an accepted message.
+    pub(crate) fn push_durable(
+        self: &Arc<Self>,
+        durable: &Durable,
+        payload: Bytes,
+        confirm: Option<Arc<ConfirmSlot>>,
+    ) -> Result<u64, Error> {
+        let slot = match &durable.slot {
+            Ok(slot) => *slot,
+            Err(why) => {
+                tracing::warn!(peer = %self.node_id, why, "peer has no outbox session");
+                return Err(Error::OutboxFull {
+                    payload,
+                    disk_full: false,
+                });
+            }
+        };
+        let space = record::space(payload.len()) as u64;
+        if durable.bytes.load(Ordering::Relaxed) + space > durable.bytes_max {
+            return Err(Error::Backpressure(payload));
+        }
+        let mut appender = durable.outbox.appender();
+        // Every producer of this queue holds the append lock, so it cannot fill up between
+        // this check and the push below, and the next position is ours.
+        if self.queue.is_full() {
+            return Err(Error::Backpressure(payload));
+        }
+        let seq = Seq(self.queue.pushed() + 1);
+        let stored = match appender.append(self.tx_session, seq, &payload) {
+            Ok(stored) => stored,
+            Err(AppendError::Full { disk }) => {
+                return Err(Error::OutboxFull {
+                    payload,
+                    disk_full: disk,
+                });
+            }
+            Err(AppendError::Failed) => return Err(Error::OutboxFailed),
+            Err(AppendError::Io(e)) => return Err(Error::io("creating an outbox segment", e)),
+        };
+        appender.set_next(slot, seq.next());
+        durable.bytes.fetch_add(space, Ordering::Relaxed);
+        let position = self
+            .queue
+            .push(Outgoing {
+                payload,
+                confirm,
+                stored: Some(stored),
+            })
+            .map_err(|_| ())
+            .expect("the queue had room and the append lock excludes other producers");
+        drop(appender);
+        debug_assert_eq!(position + 1, seq.0);
+        self.notify();
+        Ok(seq.0)
+    }
+
+    fn notify(self: &Arc<Self>) {
         // The slot's SeqCst stamp store in `push` orders before this load; the shard clears
         // `notified` (SeqCst) before it pops. So either the shard's pop sees this message, or
         // this load sees `false` and schedules the peer again.
@@ -81,7 +164,6 @@ impl PeerShared {
             self.mailbox.ready.push(Arc::clone(self));
             self.mailbox.wake();
         }
-        Ok(position + 1)
     }
 }
 
@@ -200,12 +282,15 @@ impl Registry {
             .cloned()
     }
 
-    /// Returns the peer's shared state, creating it (with a fresh session) if it is new.
+    /// Returns the peer's shared state, creating it if it is new: with the session its
+    /// shard's outbox holds for it, if there is an outbox, otherwise with a fresh session.
     pub(crate) fn get_or_create(
         &self,
         node_id: &str,
         mailboxes: &[Arc<Mailbox>],
         queue_len: usize,
+        outboxes: &[Arc<ShardOutbox>],
+        peer_bytes_max: usize,
     ) -> Arc<PeerShared> {
         if let Some(peer) = self.get(node_id) {
             return peer;
@@ -214,13 +299,30 @@ impl Registry {
         let node_id = NodeId::from(node_id);
         Arc::clone(peers.entry(node_id.clone()).or_insert_with(|| {
             let shard = owner(node_id.as_str(), mailboxes.len());
+            let mut tx_session = SessionId(uuid::Uuid::new_v4());
+            let mut seq_next = Seq(1);
+            let durable = outboxes.get(shard.0).map(|outbox| {
+                let state = outbox.session(node_id.as_str());
+                if let Ok(state) = &state {
+                    tx_session = state.session;
+                    seq_next = state.next;
+                }
+                Durable {
+                    outbox: Arc::clone(outbox),
+                    acked_at_start: state.as_ref().map_or(Seq::ZERO, |s| s.acked),
+                    bytes: AtomicU64::new(state.as_ref().map_or(0, |s| s.bytes)),
+                    slot: state.map(|s| s.slot).map_err(|e| e.to_string()),
+                    bytes_max: peer_bytes_max as u64,
+                }
+            });
             Arc::new(PeerShared {
                 key: self
                     .key_next
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 shard,
-                tx_session: SessionId(uuid::Uuid::new_v4()),
-                queue: PeerQueue::new(queue_len),
+                tx_session,
+                queue: PeerQueue::starting_at(queue_len, seq_next.0 - 1),
+                durable,
                 notified: AtomicBool::new(false),
                 mailbox: Arc::clone(&mailboxes[shard.0]),
                 connected: AtomicBool::new(false),
@@ -271,20 +373,34 @@ unsafe impl Send for PeerQueue {}
 
 impl PeerQueue {
     /// A queue with room for `len` messages, rounded up to a power of two.
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn new(len: usize) -> PeerQueue {
-        let capacity = len.max(2).next_power_of_two();
-        let slots = (0..capacity as u64)
+        PeerQueue::starting_at(len, 0)
+    }
+
+    /// Like [`PeerQueue::new`], with `start` as the first position (a session that continues
+    /// after a restart).
+    pub(crate) fn starting_at(len: usize, start: u64) -> PeerQueue {
+        let capacity = len.max(2).next_power_of_two() as u64;
+        let mask = capacity - 1;
+        // Slot `i` is first used by the position in `start..start + capacity` congruent to it.
+        let slots = (0..capacity)
             .map(|i| Slot {
-                stamp: AtomicU64::new(i),
+                stamp: AtomicU64::new(start + (i.wrapping_sub(start) & mask)),
                 value: UnsafeCell::new(MaybeUninit::uninit()),
             })
             .collect();
         PeerQueue {
-            head: CachePadded::new(AtomicU64::new(0)),
-            tail: CachePadded::new(AtomicU64::new(0)),
+            head: CachePadded::new(AtomicU64::new(start)),
+            tail: CachePadded::new(AtomicU64::new(start)),
             slots,
-            mask: capacity as u64 - 1,
+            mask,
         }
+    }
+
+    /// Whether a push would fail now (exact only while no other producer runs).
+    pub(crate) fn is_full(&self) -> bool {
+        self.tail.load(Ordering::SeqCst) - self.head.load(Ordering::SeqCst) > self.mask
     }
 
     /// Appends `value`, returning its position; hands it back if the queue is full.
@@ -385,6 +501,7 @@ mod tests {
         Outgoing {
             payload: Bytes::copy_from_slice(&n.to_le_bytes()),
             confirm: None,
+            stored: None,
         }
     }
 
@@ -408,6 +525,20 @@ mod tests {
         assert_eq!(q.push(msg(4)).ok(), Some(4));
         let rest: Vec<u64> = std::iter::from_fn(|| q.pop().map(|(p, _)| p)).collect();
         assert_eq!(rest, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_queue_can_start_at_any_position() {
+        let q = PeerQueue::starting_at(4, 1001);
+        for i in 0..4 {
+            assert_eq!(q.push(msg(i)).ok(), Some(1001 + i));
+        }
+        assert!(q.is_full());
+        assert!(q.push(msg(9)).is_err());
+        assert_eq!(q.pop().map(|(p, _)| p), Some(1001));
+        assert!(!q.is_full());
+        assert_eq!(q.push(msg(4)).ok(), Some(1005));
+        assert_eq!(q.pushed(), 1006);
     }
 
     #[test]

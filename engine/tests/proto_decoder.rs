@@ -49,6 +49,7 @@ enum Spec {
         message: String,
     },
     Close,
+    Lost(u64),
 }
 
 impl Spec {
@@ -78,6 +79,7 @@ impl Spec {
                 message: message.to_owned(),
             },
             Frame::Close => Spec::Close,
+            Frame::Lost { seq } => Spec::Lost(seq.0),
         }
     }
 
@@ -122,6 +124,7 @@ impl Spec {
                 message,
             },
             Spec::Close => Frame::Close,
+            Spec::Lost(seq) => Frame::Lost { seq: Seq(*seq) },
         }
     }
 
@@ -217,6 +220,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                 message: chars.into_iter().collect(),
             }),
         1 => Just(Spec::Close),
+        1 => (1u64..).prop_map(Spec::Lost),
     ]
 }
 
@@ -302,7 +306,7 @@ fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(
             (
                 0u32..2048,
-                0u8..10,
+                0u8..11,
                 prop::sample::select(vec![0u8, 0, 0, 1, 2, 4])
             ),
             0..8

@@ -8,13 +8,10 @@
 //! either nothing or a record whose checksum fails; a scan never returns a record whose
 //! checksum fails. Must never depend on `shard` or the API: the shard calls in, with bytes.
 //!
-//! Status: the record format, segments (create, append, reopen, torn-tail and mid-segment
-//! damage detection) and the watermark file are built and tested; the shard does not use them
-//! yet.
-
-// Not yet called by the shard (see Status above); the tests exercise all of it.
-#![cfg_attr(not(test), allow(dead_code))]
+//! The per-shard store ([`store`]) ties them together: appends under a lock from the publishing
+//! threads, releases and syncs from the shard, and recovery when the engine starts.
 
 pub(crate) mod record;
 pub(crate) mod segment;
+pub(crate) mod store;
 pub(crate) mod watermarks;

@@ -23,20 +23,30 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use memmap2::MmapMut;
+use bytes::Bytes;
+use memmap2::MmapRaw;
 
 use crate::outbox::record::{self, Invalid, Record};
 use crate::proto::{Seq, SessionId};
 
 /// A mapped segment file.
+///
+/// The map is shared (`Arc`) so that recovered payloads can be handed out as [`Bytes`] that
+/// point into it, and synced from outside the outbox's lock. Bytes below `end` are written once
+/// and then only read until the segment is recycled, which requires that no such view is alive
+/// ([`Segment::is_shared`]); bytes at and above `end` are touched only through `&mut self`.
 #[derive(Debug)]
 pub(crate) struct Segment {
     id: u64,
     path: PathBuf,
-    map: MmapMut,
+    file: Arc<File>,
+    map: Arc<MmapRaw>,
     /// Where the next record goes.
     end: usize,
+    /// Shorter on disk than its header says: scanned, but never appended to.
+    truncated: bool,
 }
 
 /// What opening an existing segment found.
@@ -94,10 +104,11 @@ impl Segment {
             .open(&path)?;
         let made = (|| {
             allocate(&file, len)?;
-            // SAFETY: the file is ours (created exclusively above) and its length is fixed
-            // from here on; nothing else maps or truncates it while the map lives.
-            let mut map = unsafe { MmapMut::map_mut(&file)? };
-            write_header(&mut map[..HEADER_LEN], id, len as u64);
+            let map = MmapRaw::map_raw(&file)?;
+            let mut header = [0u8; HEADER_LEN];
+            write_header(&mut header, id, len as u64);
+            // SAFETY: the map is fresh and private to this function.
+            unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), HEADER_LEN) };
             file.sync_all()?;
             Ok(map)
         })();
@@ -105,8 +116,10 @@ impl Segment {
             Ok(map) => Ok(Segment {
                 id,
                 path,
-                map,
+                file: Arc::new(file),
+                map: Arc::new(map),
                 end: HEADER_LEN,
+                truncated: false,
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
@@ -124,17 +137,24 @@ impl Segment {
         if len <= HEADER_LEN as u64 || len > usize::MAX as u64 {
             return Err(OpenError::BadHeader("file shorter than a segment header"));
         }
-        // SAFETY: as in `create`: the outbox owns its directory, and nothing else maps or
-        // truncates a segment while it is open.
-        let mut map = unsafe { MmapMut::map_mut(&file)? };
-        let id = read_header(&map[..HEADER_LEN], len)?;
-        let (scan, end) = scan(&mut map);
+        let map = MmapRaw::map_raw(&file)?;
+        // SAFETY: the outbox owns its directory, nothing else maps or truncates a segment while
+        // it is open, and this map is not shared yet.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr(), map.len()) };
+        let (id, header_len) = read_header(&bytes[..HEADER_LEN])?;
+        let truncated = header_len > len;
+        if header_len < len {
+            return Err(OpenError::BadHeader("segment longer than its header says"));
+        }
+        let (scan, end) = scan(bytes, !truncated);
         Ok((
             Segment {
                 id,
                 path: path.to_owned(),
-                map,
-                end,
+                file: Arc::new(file),
+                map: Arc::new(map),
+                end: if truncated { bytes.len() } else { end },
+                truncated,
             },
             scan,
         ))
@@ -147,18 +167,76 @@ impl Segment {
             return None;
         }
         let at = self.end;
-        self.end += record::write(&mut self.map[at..at + need], session, seq, payload);
+        // SAFETY: `at..at + need` is inside the map and at or above `end`: no view or reader
+        // refers to it, and `&mut self` excludes other writers.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(at), need) };
+        self.end += record::write(dst, session, seq, payload);
         Some(at)
     }
 
     /// The record at `offset` (one returned by `append` or listed by the scan).
     pub(crate) fn record(&self, offset: usize) -> Option<Record<'_>> {
-        record::read(self.map.get(offset..)?).ok().map(|(r, _)| r)
+        record::read(self.written().get(offset..)?)
+            .ok()
+            .map(|(r, _)| r)
     }
 
-    /// Writes the mapped pages back to the file and waits for the device (msync).
-    pub(crate) fn sync(&self) -> io::Result<()> {
-        self.map.flush()
+    /// The payload of the record at `offset` as [`Bytes`] that point into the map, without a
+    /// copy. The segment is not recycled while such a view is alive.
+    pub(crate) fn payload(&self, offset: usize) -> Option<Bytes> {
+        let record = self.record(offset)?;
+        let start = record.payload.as_ptr() as usize - self.map.as_ptr() as usize;
+        Some(Bytes::from_owner(View {
+            map: Arc::clone(&self.map),
+            start,
+            len: record.payload.len(),
+        }))
+    }
+
+    /// Whether payload views handed out by [`Segment::payload`] are still alive.
+    pub(crate) fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.map) > 1
+    }
+
+    /// Erases every record so the segment can be reused, keeping its blocks allocated.
+    ///
+    /// # Panics
+    ///
+    /// If payload views are alive ([`Segment::is_shared`]).
+    pub(crate) fn reset(&mut self) -> io::Result<()> {
+        assert!(!self.is_shared(), "reset while payload views are alive");
+        assert!(
+            !self.truncated,
+            "a truncated segment is deleted, not reused"
+        );
+        let len = self.end - HEADER_LEN;
+        // SAFETY: no view is alive and `&mut self` excludes writers: nothing else touches the
+        // record area.
+        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(HEADER_LEN), 0, len) };
+        self.end = HEADER_LEN;
+        Ok(())
+    }
+
+    /// A handle that writes this segment's pages back to disk (fdatasync) from any thread.
+    pub(crate) fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// Offset where the next record goes.
+    pub(crate) fn end(&self) -> usize {
+        self.end
+    }
+
+    /// Whether the file was found shorter than its header says.
+    pub(crate) fn is_truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// The bytes written so far.
+    fn written(&self) -> &[u8] {
+        // SAFETY: bytes below `end` are complete records, never written again while `&self`
+        // can be held (see the type's docs).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.end) }
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -173,6 +251,26 @@ impl Segment {
     pub(crate) fn free(&self) -> usize {
         self.map.len() - self.end
     }
+
+    /// The file's length.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// A payload inside a segment map, owned by a [`Bytes`].
+struct View {
+    map: Arc<MmapRaw>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for View {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the range is a complete record's payload, inside the map, which this view
+        // keeps mapped; the segment is not reset while a view is alive.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.start), self.len) }
+    }
 }
 
 /// The file name of segment `id`.
@@ -181,7 +279,10 @@ pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 /// Walks the records after the header. Returns what it found and where appends continue.
-fn scan(map: &mut [u8]) -> (Scan, usize) {
+///
+/// In a truncated segment (`erase_tail` false) the end of the file cut a record short: it is
+/// reported as damaged rather than erased, because the file is never appended to again.
+fn scan(map: &mut [u8], erase_tail: bool) -> (Scan, usize) {
     let mut found = Scan::default();
     let mut pos = HEADER_LEN;
     while pos < map.len() {
@@ -190,11 +291,29 @@ fn scan(map: &mut [u8]) -> (Scan, usize) {
                 found.records.push(pos);
                 pos += used;
             }
-            Err(Invalid::Empty) => break,
+            Err(Invalid::Empty) => {
+                // A crash before the length word landed leaves body bytes behind a zero length.
+                if let Some(i) = last_nonzero(&map[pos..]) {
+                    if let Some(next) = resync(map, pos) {
+                        found.damaged.push((pos, next - pos));
+                        pos = next;
+                        continue;
+                    }
+                    if erase_tail {
+                        map[pos..pos + i + 1].fill(0);
+                        found.torn_tail = i + 1;
+                    }
+                }
+                break;
+            }
             Err(Invalid::BadLength | Invalid::BadChecksum) => match resync(map, pos) {
                 Some(next) => {
                     found.damaged.push((pos, next - pos));
                     pos = next;
+                }
+                None if !erase_tail => {
+                    found.damaged.push((pos, map.len() - pos));
+                    break;
                 }
                 None => {
                     // Nothing intact follows: the last append was cut short. Erase it so
@@ -253,7 +372,8 @@ fn write_header(dst: &mut [u8], id: u64, len: u64) {
     dst[32..36].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn read_header(src: &[u8], file_len: u64) -> Result<u64, OpenError> {
+/// The segment's id and the file length its header records.
+fn read_header(src: &[u8]) -> Result<(u64, u64), OpenError> {
     let u64_at = |at: usize| u64::from_le_bytes(src[at..at + 8].try_into().unwrap());
     if &src[0..8] != MAGIC {
         return Err(OpenError::BadHeader("not an outbox segment (bad magic)"));
@@ -264,10 +384,7 @@ fn read_header(src: &[u8], file_len: u64) -> Result<u64, OpenError> {
     if u32::from_le_bytes(src[8..12].try_into().unwrap()) != VERSION {
         return Err(OpenError::BadHeader("unsupported segment version"));
     }
-    if u64_at(24) != file_len {
-        return Err(OpenError::BadHeader("segment truncated or extended"));
-    }
-    Ok(u64_at(16))
+    Ok((u64_at(16), u64_at(24)))
 }
 
 const MAGIC: &[u8; 8] = b"RWOUTBOX";
@@ -333,7 +450,7 @@ mod tests {
         assert_eq!((r.seq, r.payload), (Seq(10), &[10u8; 30][..]));
         // Appends continue after the last record.
         let at = seg.append(S, Seq(51), b"more").unwrap();
-        seg.sync().unwrap();
+        seg.file().sync_data().unwrap();
         drop(seg);
         let (seg, scan) = Segment::open(&path).unwrap();
         assert_eq!(*scan.records.last().unwrap(), at);
@@ -397,9 +514,11 @@ mod tests {
             matches!(Segment::open(&path), Err(OpenError::BadHeader(m)) if m.contains("magic"))
         );
 
-        std::fs::write(&path, &bytes[..bytes.len() - 4096]).unwrap();
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[0; 4096]);
+        std::fs::write(&path, &longer).unwrap();
         assert!(
-            matches!(Segment::open(&path), Err(OpenError::BadHeader(m)) if m.contains("truncated"))
+            matches!(Segment::open(&path), Err(OpenError::BadHeader(m)) if m.contains("longer"))
         );
 
         std::fs::write(&path, &bytes[..10]).unwrap();
@@ -408,6 +527,51 @@ mod tests {
         let missing = Segment::open(&dir.0.join("missing.seg")).unwrap_err();
         assert!(matches!(&missing, OpenError::Io(e) if e.kind() == io::ErrorKind::NotFound));
         assert!(missing.to_string().contains("No such file"));
+    }
+
+    #[test]
+    fn a_truncated_segment_keeps_what_remains_and_is_never_appended_to() {
+        let dir = TempDir::new("truncated");
+        let (path, offsets) = fill(&dir.0, 40);
+        let bytes = std::fs::read(&path).unwrap();
+        // Cut the file in the middle of record 30.
+        std::fs::write(&path, &bytes[..offsets[29] + 20]).unwrap();
+        let (mut seg, scan) = Segment::open(&path).unwrap();
+        assert!(seg.is_truncated());
+        assert_eq!(seqs(&seg, &scan), (1..=29).collect::<Vec<_>>());
+        assert_eq!(scan.damaged, [(offsets[29], 20)]);
+        assert_eq!(seg.append(S, Seq(41), b"x"), None);
+        assert_eq!(seg.payload(offsets[3]).unwrap(), vec![4u8; 12]);
+    }
+
+    #[test]
+    fn payload_views_keep_the_segment_from_being_reset() {
+        let dir = TempDir::new("views");
+        let (path, offsets) = fill(&dir.0, 3);
+        let (mut seg, _) = Segment::open(&path).unwrap();
+        let view = seg.payload(offsets[1]).unwrap();
+        assert!(seg.is_shared());
+        assert_eq!(view, vec![2u8; 6]);
+        drop(view);
+        assert!(!seg.is_shared());
+        seg.reset().unwrap();
+        assert_eq!(seg.end(), HEADER_LEN);
+        drop(seg);
+        let (_, scan) = Segment::open(&path).unwrap();
+        assert!(scan.records.is_empty());
+    }
+
+    #[test]
+    fn a_tail_with_a_zero_length_word_is_erased() {
+        let dir = TempDir::new("zerolen");
+        let (path, offsets) = fill(&dir.0, 5);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offsets[4]..offsets[4] + 4].fill(0); // killed before the length word landed
+        std::fs::write(&path, &bytes).unwrap();
+        let (seg, scan) = Segment::open(&path).unwrap();
+        assert_eq!(seqs(&seg, &scan), (1..=4).collect::<Vec<_>>());
+        assert!(scan.torn_tail > 0 && scan.damaged.is_empty());
+        assert_eq!(seg.end(), offsets[4]);
     }
 
     #[test]

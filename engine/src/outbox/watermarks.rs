@@ -1,6 +1,7 @@
-//! The receiver's delivered watermarks, in a small memory-mapped file, so that deduplication
-//! survives a restart of the receiving process: after it, the peer's replay of messages the
-//! handler already saw is recognised and dropped.
+//! A small memory-mapped table of per-peer session state, keyed by node id. The receiver keeps
+//! its delivered watermarks in one, so that deduplication survives a restart of the receiving
+//! process; the sender keeps its outbound sessions in another (session id, acknowledged seq,
+//! next seq), so that a restarted sender continues them.
 //!
 //! ```text
 //! header (64 bytes)
@@ -9,34 +10,45 @@
 //!     12     4  slots     number of slots
 //!     16     4  crc32c    of bytes 0..16
 //!     20    44  reserved
-//! slot i (320 bytes) at 64 + 320 * i
+//! slot i (336 bytes) at 64 + 336 * i
 //!      0     1  active    which copy below is current: 0 (A) or 1 (B)
 //!      1     1  node_len  length of the peer's node id; 0 = free slot
 //!      8   255  node id   (UTF-8, zero-padded to 256)
-//!    264    24  copy A    session UUID (16), delivered seq (8, little-endian)
-//!    288    24  copy B    likewise
-//!    312     4  crc32c    of bytes 1..264 (node_len and node id)
+//!    264    32  copy A    session UUID (16), seq a (8), seq b (8), little-endian
+//!    296    32  copy B    likewise
+//!    328     4  crc32c    of bytes 1..264 (node_len and node id)
 //! ```
 //!
-//! A delivered seq advances with one aligned 8-byte store into the active copy, which a
-//! killed process cannot tear. A new session from the peer is written into the inactive copy
-//! first and becomes current with a one-byte store of `active`, so a crash leaves either the old
-//! pair or the new one, never the new session with the old watermark.
+//! A seq advances with one aligned 8-byte store into the active copy, which a killed process
+//! cannot tear. A new session is written into the inactive copy first and becomes current with
+//! a one-byte store of `active`, so a crash leaves either the old triple or the new one, never
+//! the new session with the old seqs.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use memmap2::MmapMut;
 
 use crate::proto::{Seq, SessionId};
 
-/// The watermark file of one node.
+/// One table file.
 #[derive(Debug)]
 pub(crate) struct Watermarks {
     map: MmapMut,
+    file: Arc<File>,
     slots: usize,
+}
+
+/// A slot's current session and its two seqs (receiver: delivered, unused; sender: acknowledged,
+/// next to assign).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub session: SessionId,
+    pub a: Seq,
+    pub b: Seq,
 }
 
 impl Watermarks {
@@ -65,7 +77,11 @@ impl Watermarks {
             let crc = crc32c::crc32c(&map[0..16]);
             map[16..20].copy_from_slice(&crc.to_le_bytes());
             map.flush()?;
-            return Ok(Watermarks { map, slots });
+            return Ok(Watermarks {
+                map,
+                file: Arc::new(file),
+                slots,
+            });
         }
         // SAFETY: as above.
         let map = unsafe { MmapMut::map_mut(&file)? };
@@ -88,43 +104,99 @@ impl Watermarks {
         if len != HEADER_LEN + slots * SLOT_LEN {
             return Err(invalid("size does not match its slot count"));
         }
-        Ok(Watermarks { map, slots })
+        Ok(Watermarks {
+            map,
+            file: Arc::new(file),
+            slots,
+        })
     }
 
-    /// The last known session of `node_id` and the seq delivered in it.
-    pub(crate) fn get(&self, node_id: &str) -> Option<(SessionId, Seq)> {
-        let slot = self.find(node_id)?;
-        let s = self.slot(slot);
-        let copy = COPY_A + SESSION_LEN * usize::from(s[0] & 1);
-        let session = uuid::Uuid::from_bytes(s[copy..copy + 16].try_into().unwrap());
-        let seq = u64::from_le_bytes(s[copy + 16..copy + 24].try_into().unwrap());
-        Some((SessionId(session), Seq(seq)))
+    /// The slot that holds `node_id`, if any.
+    pub(crate) fn find(&self, node_id: &str) -> Option<usize> {
+        (0..self.slots).find(|&i| self.node_id(i) == Some(node_id))
     }
 
-    /// Records that `seq` of `session` from `node_id` was delivered.
+    /// The slot that holds `node_id`, claiming a free one (with a nil session) if there is none.
     ///
     /// # Errors
     ///
     /// `StorageFull` when the peer is new and every slot is taken.
-    pub(crate) fn set(&mut self, node_id: &str, session: SessionId, seq: Seq) -> io::Result<()> {
-        assert!(!node_id.is_empty() && node_id.len() <= NODE_ID_MAX);
-        let slot = match self.find(node_id) {
-            Some(slot) => slot,
-            None => self.claim(node_id)?,
-        };
+    pub(crate) fn find_or_claim(&mut self, node_id: &str) -> io::Result<usize> {
+        match self.find(node_id) {
+            Some(slot) => Ok(slot),
+            None => self.claim(node_id),
+        }
+    }
+
+    /// The node id in `slot`, unless the slot is free or fails its checksum.
+    pub(crate) fn node_id(&self, slot: usize) -> Option<&str> {
+        let s = self.slot(slot);
+        let len = usize::from(s[1]);
+        let intact = len > 0
+            && crc32c::crc32c(&s[1..COPY_A])
+                == u32::from_le_bytes(s[CRC..CRC + 4].try_into().unwrap());
+        if !intact {
+            return None;
+        }
+        std::str::from_utf8(&s[NODE_ID..NODE_ID + len]).ok()
+    }
+
+    /// The current (session, a, b) of `slot`.
+    pub(crate) fn get(&self, slot: usize) -> Entry {
+        let s = self.slot(slot);
+        let copy = COPY_A + COPY_LEN * usize::from(s[0] & 1);
+        let u64_at = |at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap());
+        Entry {
+            session: SessionId(uuid::Uuid::from_bytes(
+                s[copy..copy + 16].try_into().unwrap(),
+            )),
+            a: Seq(u64_at(copy + 16)),
+            b: Seq(u64_at(copy + 24)),
+        }
+    }
+
+    /// Sets seq `a` of the current session of `slot`: one aligned store.
+    pub(crate) fn set_a(&mut self, slot: usize, a: Seq) {
+        self.store(slot, 16, a);
+    }
+
+    /// Sets seq `b` of the current session of `slot`: one aligned store.
+    pub(crate) fn set_b(&mut self, slot: usize, b: Seq) {
+        self.store(slot, 24, b);
+    }
+
+    /// Makes `entry` current in `slot`: in place if the session is the same, otherwise through
+    /// the inactive copy, so a crash leaves the old entry or the new one whole.
+    pub(crate) fn set(&mut self, slot: usize, entry: Entry) {
         let s = self.slot_mut(slot);
         let active = usize::from(s[0] & 1);
-        let copy = COPY_A + SESSION_LEN * active;
-        if s[copy..copy + 16] == *session.0.as_bytes() {
-            s[copy + 16..copy + 24].copy_from_slice(&seq.0.to_le_bytes());
-            return Ok(());
+        let copy = COPY_A + COPY_LEN * active;
+        if s[copy..copy + 16] == *entry.session.0.as_bytes() {
+            s[copy + 16..copy + 24].copy_from_slice(&entry.a.0.to_le_bytes());
+            s[copy + 24..copy + 32].copy_from_slice(&entry.b.0.to_le_bytes());
+            return;
         }
-        // A new session: fill the other copy, then switch to it.
-        let other = COPY_A + SESSION_LEN * (1 - active);
-        s[other..other + 16].copy_from_slice(session.0.as_bytes());
-        s[other + 16..other + 24].copy_from_slice(&seq.0.to_le_bytes());
+        let other = COPY_A + COPY_LEN * (1 - active);
+        s[other..other + 16].copy_from_slice(entry.session.0.as_bytes());
+        s[other + 16..other + 24].copy_from_slice(&entry.a.0.to_le_bytes());
+        s[other + 24..other + 32].copy_from_slice(&entry.b.0.to_le_bytes());
         s[0] = (1 - active) as u8;
-        Ok(())
+    }
+
+    /// Every claimed, intact slot.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.slots).filter(|&i| self.node_id(i).is_some())
+    }
+
+    /// A handle for syncing the file from outside whatever lock guards this table.
+    pub(crate) fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    fn store(&mut self, slot: usize, field: usize, seq: Seq) {
+        let s = self.slot_mut(slot);
+        let at = COPY_A + COPY_LEN * usize::from(s[0] & 1) + field;
+        s[at..at + 8].copy_from_slice(&seq.0.to_le_bytes());
     }
 
     /// Writes the file back to disk (msync); a process crash alone loses nothing without it.
@@ -132,18 +204,8 @@ impl Watermarks {
         self.map.flush()
     }
 
-    fn find(&self, node_id: &str) -> Option<usize> {
-        (0..self.slots).find(|&i| {
-            let s = self.slot(i);
-            let len = usize::from(s[1]);
-            len == node_id.len()
-                && &s[NODE_ID..NODE_ID + len] == node_id.as_bytes()
-                && crc32c::crc32c(&s[1..COPY_A])
-                    == u32::from_le_bytes(s[CRC..CRC + 4].try_into().unwrap())
-        })
-    }
-
     fn claim(&mut self, node_id: &str) -> io::Result<usize> {
+        assert!(!node_id.is_empty() && node_id.len() <= NODE_ID_MAX);
         let Some(free) = (0..self.slots).find(|&i| self.slot(i)[1] == 0) else {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -171,12 +233,12 @@ impl Watermarks {
 const MAGIC: &[u8; 8] = b"RWWMARKS";
 const VERSION: u32 = 1;
 const HEADER_LEN: usize = 64;
-const SLOT_LEN: usize = 320;
+const SLOT_LEN: usize = 336;
 const NODE_ID: usize = 8;
 const NODE_ID_MAX: usize = 255;
 const COPY_A: usize = 264;
-const SESSION_LEN: usize = 24;
-const CRC: usize = 312;
+const COPY_LEN: usize = 32;
+const CRC: usize = 328;
 
 #[cfg(test)]
 mod tests {
@@ -192,56 +254,69 @@ mod tests {
         ))
     }
 
+    fn entry(session: u128, a: u64, b: u64) -> Entry {
+        Entry {
+            session: SessionId(Uuid::from_u128(session)),
+            a: Seq(a),
+            b: Seq(b),
+        }
+    }
+
     #[test]
-    fn watermarks_survive_reopening_and_sessions_switch_whole() {
+    fn entries_survive_reopening_and_sessions_switch_whole() {
         let path = temp_path("reopen");
-        let (s1, s2) = (SessionId(Uuid::from_u128(1)), SessionId(Uuid::from_u128(2)));
         {
             let mut w = Watermarks::open(&path, 4).unwrap();
-            assert_eq!(w.get("node-a"), None);
-            w.set("node-a", s1, Seq(10)).unwrap();
-            w.set("node-a", s1, Seq(11)).unwrap();
-            w.set("node-b", s1, Seq(3)).unwrap();
-            w.set("node-b", s2, Seq(1)).unwrap();
+            assert_eq!(w.find("node-a"), None);
+            let a = w.find_or_claim("node-a").unwrap();
+            assert_eq!(w.get(a), entry(0, 0, 0));
+            w.set(a, entry(1, 10, 0));
+            w.set_a(a, Seq(11));
+            let b = w.find_or_claim("node-b").unwrap();
+            w.set(b, entry(1, 3, 4));
+            w.set(b, entry(2, 1, 2));
+            w.set_b(b, Seq(7));
             w.sync().unwrap();
         }
         let mut w = Watermarks::open(&path, 4).unwrap();
-        assert_eq!(w.get("node-a"), Some((s1, Seq(11))));
-        assert_eq!(w.get("node-b"), Some((s2, Seq(1))));
-        assert_eq!(w.get("node-c"), None);
-        w.set("node-b", s1, Seq(5)).unwrap();
-        assert_eq!(w.get("node-b"), Some((s1, Seq(5))));
+        let (a, b) = (w.find("node-a").unwrap(), w.find("node-b").unwrap());
+        assert_eq!(w.get(a), entry(1, 11, 0));
+        assert_eq!(w.get(b), entry(2, 1, 7));
+        assert_eq!(w.find("node-c"), None);
+        assert_eq!(w.slots().count(), 2);
+        assert_eq!(w.node_id(b), Some("node-b"));
+        w.set(b, entry(1, 5, 5));
+        assert_eq!(w.get(b), entry(1, 5, 5));
         std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
     fn a_full_table_refuses_new_peers_only() {
         let path = temp_path("full");
-        let s = SessionId(Uuid::from_u128(7));
         let mut w = Watermarks::open(&path, 2).unwrap();
-        w.set("a", s, Seq(1)).unwrap();
-        w.set("b", s, Seq(1)).unwrap();
-        let err = w.set("c", s, Seq(1)).unwrap_err();
+        w.find_or_claim("a").unwrap();
+        w.find_or_claim("b").unwrap();
+        let err = w.find_or_claim("c").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
-        w.set("a", s, Seq(2)).unwrap();
-        assert_eq!(w.get("a"), Some((s, Seq(2))));
+        assert_eq!(w.find_or_claim("a").unwrap(), 0);
         std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
     fn a_damaged_slot_or_header_is_not_trusted() {
         let path = temp_path("damage");
-        let s = SessionId(Uuid::from_u128(7));
-        Watermarks::open(&path, 2)
-            .unwrap()
-            .set("node-a", s, Seq(9))
-            .unwrap();
+        {
+            let mut w = Watermarks::open(&path, 2).unwrap();
+            let slot = w.find_or_claim("node-a").unwrap();
+            w.set(slot, entry(7, 9, 0));
+        }
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[HEADER_LEN + NODE_ID] ^= 0x20; // "node-a" → "Node-a", checksum now wrong
         std::fs::write(&path, &bytes).unwrap();
         let w = Watermarks::open(&path, 2).unwrap();
-        assert_eq!(w.get("node-a"), None);
-        assert_eq!(w.get("Node-a"), None);
+        assert_eq!(w.find("node-a"), None);
+        assert_eq!(w.find("Node-a"), None);
+        assert_eq!(w.slots().count(), 0);
 
         bytes[3] ^= 1;
         std::fs::write(&path, &bytes).unwrap();

@@ -14,7 +14,7 @@ use crate::proto::error::{GoAwayReason, ProtocolError};
 use crate::proto::frame::{self, Decoder, Frame, Hello, Seq, SessionId};
 use crate::proto::handshake::HelloInfo;
 use crate::proto::heartbeat::{Heartbeat, HeartbeatConfig};
-use crate::proto::session::{Delivery, Sessions, TxEntry};
+use crate::proto::session::{Delivery, Sessions, Transmit, TxEntry};
 
 /// Settings shared by every connection of a node.
 #[derive(Debug, Clone)]
@@ -63,6 +63,8 @@ pub trait Events<T> {
     fn on_message(&mut self, session: SessionId, seq: Seq, payload: &[u8]);
     /// The peer acknowledged a message.
     fn on_acked(&mut self, seq: Seq, entry: TxEntry<T>);
+    /// The peer reported message `seq` of its `session` lost: it will never arrive.
+    fn on_lost(&mut self, _session: SessionId, _seq: Seq) {}
 }
 
 /// The protocol state of one connection.
@@ -271,10 +273,11 @@ impl Connection {
         }
         let mut count = 0;
         while out.len() - start < budget {
-            let Some((seq, payload)) = sessions.tx.poll_transmit() else {
-                break;
-            };
-            frame::encode_msg(seq, payload, out);
+            match sessions.tx.poll_transmit() {
+                Some(Transmit::Msg(seq, payload)) => frame::encode_msg(seq, payload, out),
+                Some(Transmit::Lost(seq)) => Frame::Lost { seq }.encode(out),
+                None => break,
+            }
             count += 1;
         }
         count
@@ -380,6 +383,13 @@ impl Core {
                 Frame::Msg { seq, payload } => {
                     if sessions.rx.handle_msg(seq)? == Delivery::Deliver {
                         events.on_message(sessions.rx.id(), seq, payload);
+                    }
+                    e.ack.handle_received(now);
+                    Ok(())
+                }
+                Frame::Lost { seq } => {
+                    if sessions.rx.handle_msg(seq)? == Delivery::Deliver {
+                        events.on_lost(sessions.rx.id(), seq);
                     }
                     e.ack.handle_received(now);
                     Ok(())

@@ -98,6 +98,7 @@ pub enum Kind {
     Ack = 6,
     GoAway = 7,
     Close = 8,
+    Lost = 9,
 }
 
 impl Kind {
@@ -112,6 +113,7 @@ impl Kind {
             6 => Kind::Ack,
             7 => Kind::GoAway,
             8 => Kind::Close,
+            9 => Kind::Lost,
             _ => return None,
         })
     }
@@ -233,6 +235,11 @@ pub enum Frame<'a> {
     },
     /// Graceful close: the sender will send nothing more.
     Close,
+    /// Stands in for message `seq`, which the sender accepted but lost (its outbox record was
+    /// damaged): the receiver advances past it without delivering anything.
+    Lost {
+        seq: Seq,
+    },
 }
 
 impl<'a> Frame<'a> {
@@ -302,6 +309,13 @@ impl<'a> Frame<'a> {
                 }
                 Ok(Frame::Close)
             }
+            Kind::Lost => {
+                let seq = u64_exact(body).ok_or(malformed("body is not 8 bytes"))?;
+                if seq == 0 {
+                    return Err(malformed("sequence number 0"));
+                }
+                Ok(Frame::Lost { seq: Seq(seq) })
+            }
         }
     }
 
@@ -316,6 +330,7 @@ impl<'a> Frame<'a> {
             Frame::Ack { .. } => Kind::Ack,
             Frame::GoAway { .. } => Kind::GoAway,
             Frame::Close => Kind::Close,
+            Frame::Lost { .. } => Kind::Lost,
         }
     }
 
@@ -348,6 +363,7 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(message.as_bytes());
             }
             Frame::Close => header(Kind::Close, 0).encode(out),
+            Frame::Lost { seq } => encode_u64(Kind::Lost, seq.0, out),
         }
     }
 }

@@ -18,6 +18,16 @@ use crate::proto::frame::{Seq, SessionId};
 pub struct TxEntry<T> {
     pub payload: Bytes,
     pub token: T,
+    /// The sender lost this message's content (its outbox record was damaged): a LOST frame
+    /// is sent in its place.
+    pub lost: bool,
+}
+
+/// What [`TxSession::poll_transmit`] hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transmit<'a> {
+    Msg(Seq, &'a Bytes),
+    Lost(Seq),
 }
 
 /// The sending half of a session.
@@ -35,9 +45,15 @@ pub struct TxSession<T> {
 impl<T> TxSession<T> {
     /// A new session that has sent nothing; its first message will be sequence 1.
     pub fn new(id: SessionId) -> TxSession<T> {
+        TxSession::resuming(id, Seq::ZERO)
+    }
+
+    /// A session restored from saved state: everything up to `acked` was acknowledged, and
+    /// the next message pushed must be `acked + 1`.
+    pub fn resuming(id: SessionId, acked: Seq) -> TxSession<T> {
         TxSession {
             id,
-            acked: Seq::ZERO,
+            acked,
             entries: VecDeque::new(),
             cursor: 0,
             payload_len: 0,
@@ -51,14 +67,26 @@ impl<T> TxSession<T> {
     /// If `seq` is out of order: sequence numbers are assigned by one queue, so a gap here is a
     /// bug that would otherwise corrupt the session.
     pub fn push(&mut self, seq: Seq, payload: Bytes, token: T) {
+        self.push_entry(
+            seq,
+            TxEntry {
+                payload,
+                token,
+                lost: false,
+            },
+        );
+    }
+
+    /// Appends an entry (one recovered from an outbox, possibly lost); as [`TxSession::push`].
+    pub fn push_entry(&mut self, seq: Seq, entry: TxEntry<T>) {
         assert_eq!(
             seq,
             self.seq_next(),
             "tx session {} pushed out of order",
             self.id
         );
-        self.payload_len += payload.len();
-        self.entries.push_back(TxEntry { payload, token });
+        self.payload_len += entry.payload.len();
+        self.entries.push_back(entry);
     }
 
     /// Applies a cumulative ACK, handing every newly acknowledged entry to `on_acked`.
@@ -115,10 +143,15 @@ impl<T> TxSession<T> {
     }
 
     /// The next message to write to the connection, advancing the cursor.
-    pub fn poll_transmit(&mut self) -> Option<(Seq, &Bytes)> {
+    pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
         let entry = self.entries.get(self.cursor)?;
         self.cursor += 1;
-        Some((Seq(self.acked.0 + self.cursor as u64), &entry.payload))
+        let seq = Seq(self.acked.0 + self.cursor as u64);
+        Some(if entry.lost {
+            Transmit::Lost(seq)
+        } else {
+            Transmit::Msg(seq, &entry.payload)
+        })
     }
 
     /// Forgets what was written to the connection that just closed.
@@ -136,6 +169,11 @@ impl<T> TxSession<T> {
     /// The session's id.
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    /// Visits the token of every unacknowledged message.
+    pub fn for_each_token(&mut self, mut f: impl FnMut(&mut T)) {
+        self.entries.iter_mut().for_each(|e| f(&mut e.token));
     }
 
     /// The highest acknowledged sequence number.
@@ -222,6 +260,8 @@ impl RxSession {
     /// # Errors
     ///
     /// A sequence number past the next expected one is [`ProtocolError::SequenceGap`].
+    ///
+    /// A LOST frame goes through here too: it advances the watermark like a delivery.
     pub fn handle_msg(&mut self, seq: Seq) -> Result<Delivery, ProtocolError> {
         // Compare before adding one: a peer's HELLO can put the watermark at u64::MAX.
         if seq <= self.delivered {
@@ -299,7 +339,12 @@ mod tests {
             .unwrap();
         assert_eq!(tx.seq_first(), Seq(3));
         assert_eq!(tx.unacked_payload_len(), 3 + 4 + 5);
-        assert_eq!(tx.poll_transmit().map(|(s, _)| s), Some(Seq(4)));
+        assert_eq!(
+            tx.poll_transmit().map(|t| match t {
+                Transmit::Msg(s, _) | Transmit::Lost(s) => s,
+            }),
+            Some(Seq(4))
+        );
     }
 
     #[test]
@@ -308,11 +353,40 @@ mod tests {
         while tx.poll_transmit().is_some() {}
         tx.handle_disconnect();
         tx.resume(tx.id(), Seq(4), |_, _| ()).unwrap();
-        assert_eq!(tx.poll_transmit().map(|(s, _)| s), Some(Seq(5)));
+        assert_eq!(
+            tx.poll_transmit().map(|t| match t {
+                Transmit::Msg(s, _) | Transmit::Lost(s) => s,
+            }),
+            Some(Seq(5))
+        );
         // A peer that lost its state gets everything unacknowledged again.
         tx.resume(SessionId::NIL, Seq(0), |_, _| ()).unwrap();
-        assert_eq!(tx.poll_transmit().map(|(s, _)| s), Some(Seq(5)));
+        assert_eq!(
+            tx.poll_transmit().map(|t| match t {
+                Transmit::Msg(s, _) | Transmit::Lost(s) => s,
+            }),
+            Some(Seq(5))
+        );
         assert!(tx.resume(tx.id(), Seq(7), |_, _| ()).is_err());
+    }
+
+    #[test]
+    fn a_lost_entry_is_transmitted_as_lost() {
+        let mut tx: TxSession<()> = TxSession::resuming(SessionId(Uuid::from_u128(1)), Seq(10));
+        assert_eq!(tx.seq_next(), Seq(11));
+        tx.push(Seq(11), Bytes::from_static(b"a"), ());
+        let lost = TxEntry {
+            payload: Bytes::new(),
+            token: (),
+            lost: true,
+        };
+        tx.push_entry(Seq(12), lost);
+        assert!(matches!(
+            tx.poll_transmit(),
+            Some(Transmit::Msg(Seq(11), _))
+        ));
+        assert_eq!(tx.poll_transmit(), Some(Transmit::Lost(Seq(12))));
+        assert_eq!(tx.poll_transmit(), None);
     }
 
     #[test]

@@ -28,14 +28,17 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types};
 use slab::Slab;
 
-use crate::config::Config;
+use crate::config::{Config, SyncPolicy};
 use crate::confirm::ConfirmSlot;
+use crate::durable::ShardDurable;
 use crate::error::Error;
 use crate::metrics::Counters;
+use crate::outbox::store::{RecoveredMessage, ShardOutbox, Stored};
+use crate::outbox::watermarks::{Entry, Watermarks};
 use crate::proto::connection::{CloseCause, ConnectionConfig, Events};
 use crate::proto::frame::{Frame, Seq, SessionId};
 use crate::proto::handshake::{Accepting, HelloInfo};
-use crate::proto::session::{Sessions, TxEntry};
+use crate::proto::session::{RxSession, Sessions, TxEntry, TxSession};
 use crate::proto::{Connection, GoAwayReason, ProtocolError, Role};
 use crate::route::{Command, Mailbox, PeerShared, ShardId};
 use crate::{EngineShared, Handler, MessageId, Peer};
@@ -50,6 +53,7 @@ pub(crate) struct Init {
     pub handler: Arc<dyn Handler>,
     pub listener: Option<OwnedFd>,
     pub ready: mpsc::Sender<Result<(), Error>>,
+    pub durable: Option<ShardDurable>,
 }
 
 /// The shard thread's body: sets up the ring, reports readiness, runs the loop, tears down.
@@ -80,6 +84,8 @@ pub(crate) fn run(init: Init) {
         }
     };
     let mut shard = Shard::new(init, ring, bufs, config);
+    // Counters set at start (what recovery found) are visible as soon as `start` returns.
+    shard.st.engine.counters[shard.st.id.0].publish(&shard.st.counters);
     let _ = shard.ready.send(Ok(()));
     shard.run_loop();
     if !shard.teardown() {
@@ -134,12 +140,36 @@ struct State {
     rng: u64,
     shutdown: Option<Shutdown>,
     now: Instant,
+    durable: Option<DurableState>,
+}
+
+/// The shard's side of the outbox and its watermark table.
+struct DurableState {
+    outbox: Arc<ShardOutbox>,
+    /// Unacknowledged messages found at start, by session-table slot, taken when the peer is
+    /// first seen.
+    recovered: HashMap<usize, Vec<RecoveredMessage>>,
+    received: Watermarks,
+    /// Records acknowledged this turn, and the peers whose acknowledged seq moved; handed to
+    /// the outbox once per turn.
+    released: Vec<Stored>,
+    acked: Vec<(usize, Seq)>,
+    last_sync: Instant,
+}
+
+/// What a session keeps with each unacknowledged message.
+#[derive(Debug)]
+struct Token {
+    confirm: Option<Arc<ConfirmSlot>>,
+    stored: Option<Stored>,
 }
 
 struct PeerState {
     shared: Arc<PeerShared>,
     handle: Peer,
-    sessions: Sessions<Option<Arc<ConfirmSlot>>>,
+    sessions: Sessions<Token>,
+    /// The peer's slot in the watermark table and the session stored in it.
+    rx_slot: Option<(usize, SessionId)>,
     /// The connection serving this peer (dialing, handshaking or established).
     conn: Option<usize>,
     established: bool,
@@ -169,6 +199,7 @@ struct Shutdown {
 impl Shard {
     fn new(init: Init, ring: Ring, bufs: BufRing, config: Arc<Config>) -> Shard {
         let now = Instant::now();
+        let outbox_lost = init.durable.as_ref().map_or(0, |d| d.recovered.report.lost);
         let proto_config = Arc::new(ConnectionConfig {
             node_id: config.node_id.as_str().into(),
             body_len_max: config.body_len_max,
@@ -188,6 +219,10 @@ impl Shard {
             wake_armed: false,
             cqes: Vec::with_capacity(CQE_BUDGET),
             st: State {
+                counters: Counters {
+                    outbox_lost,
+                    ..Counters::default()
+                },
                 id: init.id,
                 mailbox: Arc::clone(&init.engine.mailboxes[init.id.0]),
                 engine: init.engine,
@@ -201,10 +236,17 @@ impl Shard {
                 timers: BinaryHeap::new(),
                 dirty: Vec::new(),
                 drain_again: Vec::new(),
-                counters: Counters::default(),
                 rng: seed,
                 shutdown: None,
                 now,
+                durable: init.durable.map(|d| DurableState {
+                    outbox: d.outbox,
+                    recovered: d.recovered.messages,
+                    received: d.received,
+                    released: Vec::new(),
+                    acked: Vec::new(),
+                    last_sync: now,
+                }),
             },
         }
     }
@@ -216,6 +258,7 @@ impl Shard {
             self.reap();
             self.st.run_commands();
             self.st.drain_peers();
+            self.st.sync_outbox();
             self.st.fire_timers();
             if self.st.advance_shutdown() {
                 return;
@@ -225,6 +268,7 @@ impl Shard {
                 return;
             }
             self.arm_reserved();
+            self.st.release_acked();
             self.st.counters.ring_enters = self.ring.enters;
             self.st.engine.counters[self.st.id.0].publish(&self.st.counters);
             if let Err(e) = self.wait() {
@@ -584,14 +628,43 @@ impl Shard {
     }
 }
 
-/// Feeds protocol events to the handler and the counters.
+/// Feeds protocol events to the handler, the counters and the outbox.
 struct ShardEvents<'a> {
     handler: &'a dyn Handler,
     peer: &'a Peer,
     counters: &'a mut Counters,
+    durable: Option<&'a mut DurableState>,
+    rx_slot: &'a mut Option<(usize, SessionId)>,
+    /// The highest seq acknowledged during this call, if any.
+    acked: Option<Seq>,
 }
 
-impl Events<Option<Arc<ConfirmSlot>>> for ShardEvents<'_> {
+impl ShardEvents<'_> {
+    /// Stores the delivered watermark, after the handler ran: a crash between the two
+    /// redelivers that one message after the restart, and nothing else.
+    fn store_delivered(&mut self, session: SessionId, seq: Seq) {
+        let (Some(durable), Some((slot, stored))) =
+            (self.durable.as_deref_mut(), self.rx_slot.as_mut())
+        else {
+            return;
+        };
+        if *stored == session {
+            durable.received.set_a(*slot, seq);
+        } else {
+            durable.received.set(
+                *slot,
+                Entry {
+                    session,
+                    a: seq,
+                    b: Seq::ZERO,
+                },
+            );
+            *stored = session;
+        }
+    }
+}
+
+impl Events<Token> for ShardEvents<'_> {
     fn on_message(&mut self, session: SessionId, seq: Seq, payload: &[u8]) {
         self.counters.msgs_received += 1;
         self.counters.bytes_received += payload.len() as u64;
@@ -603,12 +676,34 @@ impl Events<Option<Arc<ConfirmSlot>>> for ShardEvents<'_> {
             },
             payload,
         );
+        self.store_delivered(session, seq);
     }
 
-    fn on_acked(&mut self, _seq: Seq, entry: TxEntry<Option<Arc<ConfirmSlot>>>) {
+    fn on_lost(&mut self, session: SessionId, seq: Seq) {
+        self.counters.msgs_lost_by_peer += 1;
+        tracing::error!(peer = %self.peer.node_id(), %session, seq = seq.0, "peer lost an accepted message");
+        self.handler.on_lost(
+            self.peer,
+            MessageId {
+                session,
+                seq: seq.0,
+            },
+        );
+        self.store_delivered(session, seq);
+    }
+
+    fn on_acked(&mut self, seq: Seq, entry: TxEntry<Token>) {
         self.counters.msgs_acked += 1;
-        if let Some(confirm) = entry.token {
+        self.acked = Some(seq);
+        if let Some(confirm) = entry.token.confirm {
             confirm.complete();
+        }
+        if let (Some(stored), Some(durable)) = (entry.token.stored, self.durable.as_deref_mut()) {
+            durable.released.push(stored);
+            if let Some(d) = &self.peer.shared.durable {
+                d.bytes
+                    .fetch_sub(u64::from(stored.space), Ordering::Relaxed);
+            }
         }
     }
 }
@@ -676,7 +771,11 @@ impl State {
             let Some((position, outgoing)) = ps.shared.queue.pop() else {
                 break;
             };
-            tx.push(Seq(position + 1), outgoing.payload, outgoing.confirm);
+            let token = Token {
+                confirm: outgoing.confirm,
+                stored: outgoing.stored,
+            };
+            tx.push(Seq(position + 1), outgoing.payload, token);
             count += 1;
         }
         if count == DRAIN_BUDGET {
@@ -799,7 +898,7 @@ impl State {
         for (_, ps) in &mut self.peers {
             ps.dial = None;
             for entry in ps.sessions.tx.drain() {
-                if let Some(confirm) = entry.token {
+                if let Some(confirm) = entry.token.confirm {
                     confirm.fail();
                 }
             }
@@ -844,8 +943,12 @@ impl State {
                     handler: &*self.handler,
                     peer: &ps.handle,
                     counters: &mut self.counters,
+                    durable: self.durable.as_mut(),
+                    rx_slot: &mut ps.rx_slot,
+                    acked: None,
                 };
                 let result = proto.handle_bytes(&mut ps.sessions, data, now, &mut events);
+                note_acked(events.acked, &ps.shared, self.durable.as_mut());
                 ps.shared
                     .seq_delivered
                     .store(ps.sessions.rx.seq_delivered().0, Ordering::Relaxed);
@@ -980,11 +1083,7 @@ impl State {
             let message = "hello claims this node's own id";
             return self.reject_with(index, GoAwayReason::WrongPeer, message);
         }
-        let shared = self.engine.registry.get_or_create(
-            &hello.node_id,
-            &self.engine.mailboxes,
-            self.config.peer_queue_len,
-        );
+        let shared = self.engine.peer_shared(&hello.node_id);
         if shared.shard == self.id {
             return self.adopt(index, hello, shared);
         }
@@ -1031,14 +1130,19 @@ impl State {
             handler: &*self.handler,
             peer: &ps.handle,
             counters: &mut self.counters,
+            durable: self.durable.as_mut(),
+            rx_slot: &mut ps.rx_slot,
+            acked: None,
         };
-        match Connection::accept(
+        let accepted = Connection::accept(
             Arc::clone(&self.proto_config),
             &hello,
             &mut ps.sessions,
             self.now,
             &mut events,
-        ) {
+        );
+        note_acked(events.acked, &ps.shared, self.durable.as_mut());
+        match accepted {
             Ok(proto) => {
                 let conn = &mut self.conns[index];
                 conn.phase = Phase::Linked { peer, proto };
@@ -1175,12 +1279,18 @@ impl State {
             return index;
         }
         debug_assert_eq!(shared.shard, self.id);
+        let mut sessions = Sessions::new(shared.tx_session);
+        let mut rx_slot = None;
+        if let Some(durable) = &mut self.durable {
+            restore_sessions(durable, shared, &mut sessions, &mut rx_slot);
+        }
         let index = self.peers.insert(PeerState {
             handle: Peer {
                 shared: Arc::clone(shared),
                 engine: Arc::clone(&self.engine),
             },
-            sessions: Sessions::new(shared.tx_session),
+            sessions,
+            rx_slot,
             shared: Arc::clone(shared),
             conn: None,
             established: false,
@@ -1217,5 +1327,106 @@ impl State {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Gives a peer's new sessions what the durable state holds: the outbound session continues
+/// after its acknowledged seq with the recovered messages, and the inbound session resumes from
+/// the stored watermark.
+fn restore_sessions(
+    durable: &mut DurableState,
+    shared: &PeerShared,
+    sessions: &mut Sessions<Token>,
+    rx_slot: &mut Option<(usize, SessionId)>,
+) {
+    if let Some(d) = &shared.durable
+        && let Ok(slot) = d.slot
+    {
+        sessions.tx = TxSession::resuming(shared.tx_session, d.acked_at_start);
+        for message in durable.recovered.remove(&slot).unwrap_or_default() {
+            let entry = match message.stored {
+                Some((payload, stored)) => TxEntry {
+                    payload,
+                    token: Token {
+                        confirm: None,
+                        stored: Some(stored),
+                    },
+                    lost: false,
+                },
+                None => TxEntry {
+                    payload: bytes::Bytes::new(),
+                    token: Token {
+                        confirm: None,
+                        stored: None,
+                    },
+                    lost: true,
+                },
+            };
+            sessions.tx.push_entry(message.seq, entry);
+        }
+    }
+    match durable.received.find_or_claim(shared.node_id.as_str()) {
+        Ok(slot) => {
+            let entry = durable.received.get(slot);
+            if entry.session != SessionId::NIL {
+                sessions.rx = RxSession::restore(entry.session, entry.a);
+            }
+            *rx_slot = Some((slot, entry.session));
+        }
+        Err(e) => {
+            tracing::error!(peer = %shared.node_id, error = %e, "no watermark slot: deduplication of this peer will not survive a restart");
+        }
+    }
+}
+
+/// Notes a peer's new acknowledged seq for the outbox's session table.
+fn note_acked(acked: Option<Seq>, shared: &PeerShared, durable: Option<&mut DurableState>) {
+    if let (Some(seq), Some(durable), Some(d)) = (acked, durable, &shared.durable)
+        && let Ok(slot) = d.slot
+    {
+        durable.acked.push((slot, seq));
+    }
+}
+
+impl State {
+    /// Applies the sync policy. Under `Always` this runs after the queues were drained and
+    /// before anything is sent, so every record that goes out is on disk first.
+    fn sync_outbox(&mut self) {
+        let Some(durable) = &mut self.durable else {
+            return;
+        };
+        let due = match self.config.outbox_sync {
+            SyncPolicy::None => false,
+            SyncPolicy::Always => true,
+            SyncPolicy::Interval(every) => self.now >= durable.last_sync + every,
+        };
+        if !due || durable.outbox.has_failed() || !durable.outbox.is_dirty() {
+            return;
+        }
+        durable.last_sync = self.now;
+        self.counters.outbox_syncs += 1;
+        if durable.outbox.sync().is_err() {
+            self.counters.outbox_sync_failures += 1;
+            // Nothing written since the last good sync may be confirmed: fail every pending
+            // confirmation (the messages are still sent; only the promise is withdrawn).
+            for (_, ps) in &mut self.peers {
+                ps.sessions.tx.for_each_token(|token: &mut Token| {
+                    if let Some(confirm) = token.confirm.take() {
+                        confirm.fail();
+                    }
+                });
+            }
+        }
+    }
+
+    /// Hands this turn's acknowledgements to the outbox, which trims and recycles.
+    fn release_acked(&mut self) {
+        if let Some(durable) = &mut self.durable
+            && (!durable.released.is_empty() || !durable.acked.is_empty())
+        {
+            durable.outbox.release(&durable.released, &durable.acked);
+            durable.released.clear();
+            durable.acked.clear();
+        }
     }
 }

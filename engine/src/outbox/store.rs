@@ -1,0 +1,554 @@
+//! One shard's outbox: its segment files, the table of its outbound sessions, appends from any
+//! publishing thread, releases from the shard, syncing, and recovery at start.
+//!
+//! Appends take the outbox's lock: a record must be in the map before `publish` returns, so a
+//! process crash right after cannot lose it. The lock also makes every peer queue of the shard
+//! single-producer while it is held, which is what lets `publish` check the queue, write the
+//! record with the queue's next sequence number and push it as one step.
+//!
+//! Directory layout (`outbox_dir/shard-<k>/`): `<id>.seg` segment files and `sessions`, a
+//! [`Watermarks`] table whose seq `a` is the peer's acknowledged seq and `b` the next seq to
+//! assign.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::outbox::record;
+use crate::outbox::segment::{HEADER_LEN, OpenError, Segment};
+use crate::outbox::watermarks::{Entry, Watermarks};
+use crate::proto::{Seq, SessionId};
+
+/// Peers one shard's session table holds.
+pub(crate) const PEERS_MAX: usize = 4096;
+
+/// Where a record lies: the segment's index in the outbox and the space the record takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub segment: u32,
+    pub space: u32,
+}
+
+/// Why an append failed.
+#[derive(Debug)]
+pub(crate) enum AppendError {
+    /// The shard's outbox limit is reached, or the disk has no room for another segment.
+    Full { disk: bool },
+    /// A sync failed earlier: nothing written since the last good sync may be confirmed.
+    Failed,
+    /// Creating a segment failed for another reason.
+    Io(io::Error),
+}
+
+/// A peer's outbound session as the outbox knows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionState {
+    /// The peer's slot in the session table.
+    pub slot: usize,
+    pub session: SessionId,
+    pub acked: Seq,
+    /// The sequence number the next publish gets.
+    pub next: Seq,
+    /// Record space of the unacknowledged messages recovered for this peer.
+    pub bytes: u64,
+}
+
+/// One unacknowledged message found at start: its payload (a view into the segment) or `None`
+/// when its record was lost to damage.
+#[derive(Debug)]
+pub(crate) struct RecoveredMessage {
+    pub seq: Seq,
+    pub stored: Option<(Bytes, Stored)>,
+}
+
+/// What recovery found and did, for the API, the metrics and the logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Segment files scanned.
+    pub segments: u64,
+    /// Intact records found.
+    pub records: u64,
+    /// Of those, records still unacknowledged: replayed when their peer connects.
+    pub unacked: u64,
+    /// Bytes of segment files scanned.
+    pub bytes_scanned: u64,
+    /// Incomplete last records (writes cut short by a crash), dropped. Their `publish` never
+    /// returned, so no accepted message is among them.
+    pub torn_tails: u64,
+    /// Damaged regions found between intact records or in cut-short files.
+    pub damaged_regions: u64,
+    /// Accepted, unacknowledged messages whose records were damaged or missing: never
+    /// delivered, and reported to the peer as lost.
+    pub lost: u64,
+    /// Segment files that could not be used at all (bad header), renamed to `*.bad`.
+    pub bad_segments: u64,
+    /// Time the scan took.
+    pub duration: Duration,
+}
+
+impl RecoveryReport {
+    pub(crate) fn add(&mut self, other: &RecoveryReport) {
+        self.segments += other.segments;
+        self.records += other.records;
+        self.unacked += other.unacked;
+        self.bytes_scanned += other.bytes_scanned;
+        self.torn_tails += other.torn_tails;
+        self.damaged_regions += other.damaged_regions;
+        self.lost += other.lost;
+        self.bad_segments += other.bad_segments;
+        self.duration = self.duration.max(other.duration);
+    }
+}
+
+/// What a shard gets back from opening its outbox.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    /// Unacknowledged messages by the peer's session-table slot, in sequence order from
+    /// `acked + 1`.
+    pub messages: HashMap<usize, Vec<RecoveredMessage>>,
+    pub report: RecoveryReport,
+}
+
+/// One shard's outbox.
+#[derive(Debug)]
+pub(crate) struct ShardOutbox {
+    dir: PathBuf,
+    segment_len: usize,
+    segments_max: usize,
+    failed: AtomicBool,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// By index; an index stays the segment's while it lives (tokens refer to it).
+    segments: Vec<Option<Held>>,
+    active: Option<usize>,
+    /// Empty, reset segments ready to become active.
+    spare: Vec<usize>,
+    /// Segments with no live record still waiting for their payload views to go.
+    drained: Vec<usize>,
+    id_next: u64,
+    sessions: Watermarks,
+    recovered_bytes: HashMap<usize, u64>,
+}
+
+#[derive(Debug)]
+struct Held {
+    segment: Segment,
+    /// Unacknowledged records in it.
+    live: u64,
+    /// Bytes up to which it is known to be on disk.
+    synced: usize,
+}
+
+/// The lock that appends hold; see the module docs.
+pub(crate) struct Appender<'a> {
+    outbox: &'a ShardOutbox,
+    inner: MutexGuard<'a, Inner>,
+}
+
+impl ShardOutbox {
+    /// Opens (creating if needed) the outbox in `dir` and recovers what it holds.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors on the directory or the session table. Damaged segments are not errors: they
+    /// are reported in [`RecoveryReport`].
+    pub(crate) fn open(
+        dir: &Path,
+        segment_len: usize,
+        bytes_max: usize,
+    ) -> io::Result<(ShardOutbox, Recovered)> {
+        let started = Instant::now();
+        std::fs::create_dir_all(dir)?;
+        let sessions = Watermarks::open(&dir.join("sessions"), PEERS_MAX)?;
+        let mut report = RecoveryReport::default();
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        paths.sort();
+
+        let slot_of: HashMap<SessionId, usize> = sessions
+            .slots()
+            .map(|slot| (sessions.get(slot).session, slot))
+            .collect();
+        // Per slot: seq → (segment index, offset, space).
+        let mut found: HashMap<usize, HashMap<u64, (usize, usize, usize)>> = HashMap::new();
+        let mut segments = Vec::new();
+        let mut id_next = 0;
+        for path in &paths {
+            report.segments += 1;
+            let (segment, scan) = match Segment::open(path) {
+                Ok(opened) => opened,
+                Err(OpenError::BadHeader(why)) => {
+                    tracing::error!(path = %path.display(), why, "unusable outbox segment; renamed to .bad");
+                    report.bad_segments += 1;
+                    std::fs::rename(path, path.with_extension("bad"))?;
+                    continue;
+                }
+                Err(OpenError::Io(e)) => return Err(e),
+            };
+            report.bytes_scanned += segment.len() as u64;
+            report.torn_tails += u64::from(scan.torn_tail > 0);
+            report.damaged_regions += scan.damaged.len() as u64;
+            for (at, len) in &scan.damaged {
+                tracing::error!(path = %path.display(), offset = at, len, "damaged records in outbox segment");
+            }
+            id_next = id_next.max(segment.id() + 1);
+            let index = segments.len();
+            let mut live = 0;
+            for &at in &scan.records {
+                let r = segment.record(at).expect("scanned records are intact");
+                report.records += 1;
+                let Some(&slot) = slot_of.get(&r.session) else {
+                    // The session table lost this session's slot: no peer to deliver to.
+                    tracing::error!(session = %r.session, seq = r.seq.0, "outbox record of an unknown session");
+                    continue;
+                };
+                if r.seq <= sessions.get(slot).a {
+                    continue; // acknowledged before the restart
+                }
+                let space = record::space(r.payload.len());
+                if found
+                    .entry(slot)
+                    .or_default()
+                    .insert(r.seq.0, (index, at, space))
+                    .is_none()
+                {
+                    live += 1;
+                }
+            }
+            segments.push(Some(Held {
+                synced: segment.end(),
+                segment,
+                live,
+            }));
+        }
+
+        let mut sessions = sessions;
+        let mut messages = HashMap::new();
+        let mut recovered_bytes = HashMap::new();
+        for slot in sessions.slots().collect::<Vec<_>>() {
+            let entry = sessions.get(slot);
+            let records = found.remove(&slot).unwrap_or_default();
+            let seq_max = records.keys().copied().max().unwrap_or(0);
+            let next = entry.b.0.max(seq_max + 1).max(entry.a.0 + 1);
+            if next != entry.b.0 {
+                sessions.set_b(slot, Seq(next));
+            }
+            let mut list = Vec::with_capacity((next - entry.a.0 - 1) as usize);
+            let mut bytes = 0;
+            for seq in entry.a.0 + 1..next {
+                let stored = records.get(&seq).map(|&(index, at, space)| {
+                    let held = segments[index].as_ref().expect("scanned segment");
+                    bytes += space as u64;
+                    let payload = held.segment.payload(at).expect("scanned record");
+                    let stored = Stored {
+                        segment: index as u32,
+                        space: space as u32,
+                    };
+                    (payload, stored)
+                });
+                if stored.is_none() {
+                    report.lost += 1;
+                } else {
+                    report.unacked += 1;
+                }
+                list.push(RecoveredMessage {
+                    seq: Seq(seq),
+                    stored,
+                });
+            }
+            if !list.is_empty() {
+                messages.insert(slot, list);
+                recovered_bytes.insert(slot, bytes);
+            }
+        }
+        if report.lost > 0 {
+            tracing::error!(
+                lost = report.lost,
+                "outbox recovery: accepted messages lost to damage"
+            );
+        }
+        sessions.sync()?;
+
+        let segment_len = segment_len.max(HEADER_LEN + record::RECORD_ALIGN);
+        let outbox = ShardOutbox {
+            dir: dir.to_owned(),
+            segment_len,
+            segments_max: (bytes_max / segment_len).max(1),
+            failed: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                drained: (0..segments.len()).collect(),
+                segments,
+                active: None,
+                spare: Vec::new(),
+                id_next,
+                sessions,
+                recovered_bytes,
+            }),
+        };
+        // Recovered segments are never appended to again; those without live records are
+        // reset now (or once the last view of them goes) and become spares.
+        outbox.lock_inner().recycle();
+        report.duration = started.elapsed();
+        Ok((outbox, Recovered { messages, report }))
+    }
+
+    /// The outbound session for `node_id`: the persisted one, or a new one (stored at once).
+    pub(crate) fn session(&self, node_id: &str) -> io::Result<SessionState> {
+        let mut inner = self.lock_inner();
+        let slot = inner.sessions.find_or_claim(node_id)?;
+        let mut entry = inner.sessions.get(slot);
+        if entry.session == SessionId::NIL {
+            entry = Entry {
+                session: SessionId(uuid::Uuid::new_v4()),
+                a: Seq::ZERO,
+                b: Seq(1),
+            };
+            inner.sessions.set(slot, entry);
+        }
+        Ok(SessionState {
+            slot,
+            session: entry.session,
+            acked: entry.a,
+            next: entry.b,
+            bytes: inner.recovered_bytes.remove(&slot).unwrap_or(0),
+        })
+    }
+
+    /// Takes the append lock.
+    pub(crate) fn appender(&self) -> Appender<'_> {
+        Appender {
+            outbox: self,
+            inner: self.lock_inner(),
+        }
+    }
+
+    /// Whether a sync has failed: the outbox then refuses appends and confirmations for good.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// The shard's releases after ACKs: records no longer needed, and each peer's new
+    /// acknowledged seq. Segments left without live records are reset and reused.
+    pub(crate) fn release(&self, records: &[Stored], acked: &[(usize, Seq)]) {
+        let mut inner = self.lock_inner();
+        for stored in records {
+            if let Some(held) = inner.segments[stored.segment as usize].as_mut() {
+                held.live -= 1;
+                if held.live == 0 && inner.active != Some(stored.segment as usize) {
+                    inner.drained.push(stored.segment as usize);
+                }
+            }
+        }
+        for &(slot, seq) in acked {
+            inner.sessions.set_a(slot, seq);
+        }
+        if !inner.drained.is_empty() {
+            inner.recycle();
+        }
+    }
+
+    /// Writes everything appended so far to disk (fdatasync of each file written since the last
+    /// sync). Called by the shard only, outside the append lock. A failure is permanent: see
+    /// [`ShardOutbox::has_failed`].
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        if self.has_failed() {
+            return Err(io::Error::other("an earlier outbox sync failed"));
+        }
+        let (files, marks) = {
+            let inner = self.lock_inner();
+            let mut files: Vec<Arc<File>> = vec![inner.sessions.file()];
+            let mut marks = Vec::new();
+            for (index, held) in inner.segments.iter().enumerate() {
+                if let Some(held) = held
+                    && held.synced < held.segment.end()
+                {
+                    files.push(held.segment.file());
+                    marks.push((index, held.segment.id(), held.segment.end()));
+                }
+            }
+            (files, marks)
+        };
+        for file in &files {
+            if let Err(e) = file.sync_data() {
+                // fsyncgate: the kernel may have dropped the dirty pages and a later sync may
+                // "succeed" without them. Never confirm anything written since the last good
+                // sync: fail the outbox for good.
+                self.failed.store(true, Ordering::Release);
+                tracing::error!(error = %e, dir = %self.dir.display(), "outbox sync failed; outbox stops confirming");
+                return Err(e);
+            }
+        }
+        let mut inner = self.lock_inner();
+        for (index, id, end) in marks {
+            if let Some(held) = inner.segments[index].as_mut()
+                && held.segment.id() == id
+            {
+                held.synced = held.synced.max(end);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether anything was appended since the last sync.
+    pub(crate) fn is_dirty(&self) -> bool {
+        let inner = self.lock_inner();
+        inner
+            .segments
+            .iter()
+            .flatten()
+            .any(|h| h.synced < h.segment.end())
+    }
+
+    fn lock_inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Appender<'_> {
+    /// Appends a record; `Ok` means it is in the map (and survives a crash of this process).
+    pub(crate) fn append(
+        &mut self,
+        session: SessionId,
+        seq: Seq,
+        payload: &[u8],
+    ) -> Result<Stored, AppendError> {
+        if self.outbox.has_failed() {
+            return Err(AppendError::Failed);
+        }
+        let space = record::space(payload.len());
+        if space > self.outbox.segment_len - HEADER_LEN {
+            return Err(AppendError::Full { disk: false });
+        }
+        let inner = &mut *self.inner;
+        let index = match inner.active {
+            Some(index)
+                if inner.segments[index]
+                    .as_ref()
+                    .is_some_and(|h| h.segment.free() >= space) =>
+            {
+                index
+            }
+            _ => {
+                let index = self.next_segment()?;
+                let inner = &mut *self.inner;
+                if let Some(old) = inner.active.replace(index)
+                    && inner.segments[old].as_ref().is_some_and(|h| h.live == 0)
+                {
+                    inner.drained.push(old);
+                }
+                index
+            }
+        };
+        let held = self.inner.segments[index].as_mut().expect("active segment");
+        held.segment
+            .append(session, seq, payload)
+            .expect("free space checked");
+        held.live += 1;
+        Ok(Stored {
+            segment: index as u32,
+            space: space as u32,
+        })
+    }
+
+    /// Records the next seq a peer's session will assign: one store into the session table.
+    pub(crate) fn set_next(&mut self, slot: usize, next: Seq) {
+        self.inner.sessions.set_b(slot, next);
+    }
+
+    /// A spare segment, or a new one if the limit allows and the disk has room.
+    fn next_segment(&mut self) -> Result<usize, AppendError> {
+        let inner = &mut *self.inner;
+        if let Some(index) = inner.spare.pop() {
+            return Ok(index);
+        }
+        let count = inner.segments.iter().flatten().count();
+        if count >= self.outbox.segments_max {
+            return Err(AppendError::Full { disk: false });
+        }
+        let id = inner.id_next;
+        let segment = match Segment::create(&self.outbox.dir, id, self.outbox.segment_len) {
+            Ok(segment) => segment,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                return Err(AppendError::Full { disk: true });
+            }
+            Err(e) => return Err(AppendError::Io(e)),
+        };
+        inner.id_next += 1;
+        let held = Held {
+            synced: segment.end(),
+            segment,
+            live: 0,
+        };
+        let index = match inner.segments.iter().position(Option::is_none) {
+            Some(free) => {
+                inner.segments[free] = Some(held);
+                free
+            }
+            None => {
+                inner.segments.push(Some(held));
+                inner.segments.len() - 1
+            }
+        };
+        Ok(index)
+    }
+}
+
+impl Inner {
+    /// Resets drained segments whose payload views are gone and makes them spares; a truncated
+    /// segment is deleted instead.
+    fn recycle(&mut self) {
+        let mut waiting = Vec::new();
+        for index in std::mem::take(&mut self.drained) {
+            let Some(held) = self.segments[index].as_mut() else {
+                continue;
+            };
+            if held.live > 0 || self.active == Some(index) || self.spare.contains(&index) {
+                continue;
+            }
+            if held.segment.is_shared() {
+                waiting.push(index);
+                continue;
+            }
+            if held.segment.is_truncated() {
+                let path = held.segment.path().to_owned();
+                self.segments[index] = None;
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "removing a drained segment failed");
+                }
+                continue;
+            }
+            if held.segment.end() > HEADER_LEN {
+                if let Err(e) = held.segment.reset() {
+                    tracing::warn!(error = %e, "resetting a drained segment failed");
+                    continue;
+                }
+                held.synced = HEADER_LEN;
+            }
+            self.spare.push(index);
+        }
+        self.drained = waiting;
+    }
+}
+
+impl std::fmt::Debug for Appender<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appender").finish_non_exhaustive()
+    }
+}
+
+/// The directory of shard `shard`'s outbox under `root`.
+pub(crate) fn shard_dir(root: &Path, shard: usize) -> PathBuf {
+    root.join(format!("shard-{shard}"))
+}
