@@ -40,6 +40,7 @@ pub fn run(w: &Workload, target: &Target) -> Result<(Report, Option<Arc<LatencyL
                 listen: "127.0.0.1:0".parse().expect("valid address"),
                 shards: target.shards,
                 busy_poll: w.busy_poll,
+                state: None,
             };
             let server = node::start(&options, Arc::clone(&sink))
                 .map_err(|e| format!("starting the embedded node: {e}"))?;

@@ -5,6 +5,7 @@
 //! `loadgen chart` overlays several JSON reports in one SVG. See docs/loadgen.md.
 
 mod client;
+mod durable;
 mod fanin;
 mod node;
 
@@ -40,6 +41,9 @@ enum Command {
     Run(RunArgs),
     /// Run a node that receives, acknowledges and echoes until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Send numbered messages through a durable outbox until the target acknowledges them
+    /// all; run it again with the same outbox after a crash and it continues.
+    Send(SendArgs),
     /// Draw several JSON reports into one SVG chart.
     Chart(ChartArgs),
 }
@@ -74,6 +78,54 @@ struct ServeArgs {
     /// Also write what was seen as JSON to this file, or `-` for stdout.
     #[arg(long, value_name = "PATH|-")]
     json: Option<String>,
+    /// Keep the node's durable state (delivered watermarks, outbox) in this directory, so
+    /// that deduplication survives a restart.
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Check every payload of `loadgen send` and count deliveries per message number (kept in
+    /// --state, so across restarts); on SIGTERM print {received, unique, duplicates, missing,
+    /// corrupt} as JSON on stdout.
+    #[arg(long, requires = "state")]
+    verify: bool,
+    /// With --verify: the number of messages expected, for `missing` (default: the highest
+    /// number seen).
+    #[arg(long, requires = "verify")]
+    expect: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SendArgs {
+    /// The node to send to (e.g. `loadgen serve`).
+    #[arg(long, value_name = "HOST:PORT")]
+    target: String,
+    /// Node id of the target.
+    #[arg(long, default_value = SERVER_ID)]
+    target_id: String,
+    /// This sender's node id.
+    #[arg(long, default_value = "loadgen-sender")]
+    node_id: String,
+    /// Outbox directory: messages live there until acknowledged, and a restarted sender
+    /// continues from it.
+    #[arg(long, value_name = "DIR")]
+    outbox: PathBuf,
+    /// Messages to send, numbered 1 to N.
+    #[arg(long)]
+    count: u64,
+    /// Payload size in bytes (at least 8: the message number).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Messages per second (default: as fast as the outbox takes them).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Outbox sync policy: none, always, or an interval such as 10ms.
+    #[arg(long, default_value = "none")]
+    sync: String,
+    /// When the outbox is full, wait for the target to acknowledge instead of failing.
+    #[arg(long)]
+    wait_for_space: bool,
+    /// Give up (exit 1) after this long.
+    #[arg(long, default_value = "10m")]
+    timeout: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +155,7 @@ fn main() -> ExitCode {
         None => run(&cli.run),
         Some(Command::Run(args)) => run(&args),
         Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Send(args)) => send(&args),
         Some(Command::Chart(args)) => draw(&args),
     };
     match result {
@@ -155,11 +208,24 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         listen: args.listen,
         shards: args.shards,
         busy_poll: args.busy_poll,
+        state: args.state.clone(),
+    };
+    let verifier = match (&args.state, args.verify) {
+        (Some(dir), true) => Some(Arc::new(durable::Verifier::open(dir).map_err(|e| {
+            Failure::Run(format!(
+                "opening the verify counts in {}: {e}",
+                dir.display()
+            ))
+        })?)),
+        _ => None,
     };
     let started = Instant::now();
     let cpu_start = workload::cpu_time();
-    let engine = node::start(&options, Arc::clone(&sink))
-        .map_err(|e| Failure::Run(format!("starting the node on {}: {e}", args.listen)))?;
+    let engine = match &verifier {
+        Some(v) => node::start(&options, Arc::clone(v)),
+        None => node::start(&options, Arc::clone(&sink)),
+    }
+    .map_err(|e| Failure::Run(format!("starting the node on {}: {e}", args.listen)))?;
     eprintln!(
         "loadgen serve: node {:?} listening on {} with {} shard(s); SIGINT or SIGTERM stops it",
         args.node_id,
@@ -188,6 +254,9 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         seen.insert(format!("engine.{name}"), value.into());
     }
     let shutdown = engine.shutdown_graceful(Duration::from_secs(5));
+    if let Some(v) = &verifier {
+        println!("{}", v.summary(args.expect));
+    }
     let summary = seen
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
@@ -207,6 +276,48 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         Ok(()) | Err(ringwire::Error::DrainTimeout { .. }) => Ok(()),
         Err(e) => Err(Failure::Run(format!("stopping the node: {e}"))),
     }
+}
+
+fn send(args: &SendArgs) -> Result<(), Failure> {
+    if args.size < 8 || args.size > (16 << 20) - 8 {
+        return Err(Failure::Usage(
+            "--size must be 8 bytes (the message number) to 16 MiB".into(),
+        ));
+    }
+    if args.count == 0 || args.count > durable::NUMBERS_MAX {
+        return Err(Failure::Usage(format!(
+            "--count must be 1 to {}",
+            durable::NUMBERS_MAX
+        )));
+    }
+    if args.rate == Some(0) {
+        return Err(Failure::Usage("--rate must be positive".into()));
+    }
+    let sync = match args.sync.as_str() {
+        "none" => ringwire::SyncPolicy::None,
+        "always" => ringwire::SyncPolicy::Always,
+        every => ringwire::SyncPolicy::Interval(
+            workload::parse_duration(every)
+                .map_err(|e| Failure::Usage(format!("--sync {every:?}: {e}")))?,
+        ),
+    };
+    let timeout = workload::parse_duration(&args.timeout)
+        .map_err(|e| Failure::Usage(format!("--timeout: {e}")))?;
+    let options = durable::SendOptions {
+        target: args.target.clone(),
+        target_id: args.target_id.clone(),
+        node_id: args.node_id.clone(),
+        outbox: args.outbox.clone(),
+        count: args.count,
+        size: args.size,
+        rate: args.rate,
+        sync,
+        wait_for_space: args.wait_for_space,
+        timeout,
+    };
+    let summary = durable::send(&options).map_err(Failure::Run)?;
+    println!("{summary}");
+    Ok(())
 }
 
 fn draw(args: &ChartArgs) -> Result<(), Failure> {

@@ -8,7 +8,7 @@
 //! five-byte prefix check.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -47,19 +47,23 @@ pub struct NodeOptions {
     pub listen: SocketAddr,
     pub shards: usize,
     pub busy_poll: bool,
+    /// Directory for the node's durable state (its outbox and delivered watermarks).
+    pub state: Option<PathBuf>,
 }
 
 /// Starts the node; its shards take cores 0 to `shards - 1`.
-pub fn start(options: &NodeOptions, sink: Arc<Sink>) -> Result<Engine, Error> {
+pub fn start(options: &NodeOptions, handler: impl Handler) -> Result<Engine, Error> {
     let busy = options.busy_poll;
+    let state = options.state.clone();
     Engine::builder()
         .node_id(options.node_id.clone())
         .listen(options.listen)
         .shards(options.shards)
-        .handler(sink)
+        .handler(handler)
         .configure(|c| {
             c.first_core = 0;
             c.idle_spin = idle_spin(busy);
+            c.outbox_dir = state;
         })
         .start()
 }
