@@ -272,3 +272,97 @@ fn a_full_outbox_refuses_new_messages_and_frees_up_as_the_peer_acknowledges() {
         .count();
     assert_eq!(segments, 2, "segments are reused, not added");
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct SmallDisk(TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = TempDir::new("disk");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir.0)
+            .status()
+            .expect("mount(8) runs");
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs on {} failed: the disk-full test needs root (CI runs as root)",
+            dir.0.display()
+        );
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_publish_and_loses_nothing_accepted() {
+    let disk = SmallDisk::mount("8m");
+    let dir = disk.0.0.join("outbox");
+    // The disk, not outbox_bytes_max (64 MiB), is the limit: the two 1.3 MiB session tables
+    // and a handful of 1 MiB segments fill it.
+    let a = sender(&dir, 1 << 20, 64 << 20);
+    let to_b = a.peer("node-b");
+    let mut accepted = 0u64;
+    let refused = loop {
+        match to_b.publish(payload(accepted, 64)) {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(
+            &refused,
+            Error::OutboxFull {
+                disk_full: true,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("no space left"), "{refused}");
+    assert!(
+        accepted > 10_000,
+        "only {accepted} accepted before the disk filled"
+    );
+    // Still full: refused again, nothing accepted is touched.
+    assert!(matches!(
+        to_b.publish(payload(accepted, 64)),
+        Err(Error::OutboxFull {
+            disk_full: true,
+            ..
+        })
+    ));
+
+    let at_b = Arc::new(Lost::default());
+    let b = receiver(Arc::clone(&at_b));
+    a.connect(PeerConfig::new("node-b", [b.local_addr().unwrap()]))
+        .unwrap();
+    wait_until("everything accepted delivered", || {
+        at_b.recorder.total() == accepted && to_b.seq_acked() == accepted
+    });
+    // Acknowledged segments are reused, so the full disk no longer stops publishing.
+    for n in accepted..accepted + 1000 {
+        let mut attempts = 0;
+        while let Err(e) = to_b.publish(payload(n, 64)) {
+            assert!(matches!(e, Error::OutboxFull { .. }), "{e}");
+            attempts += 1;
+            assert!(attempts < 100_000, "the outbox never freed up");
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    }
+    wait_until("the rest delivered", || {
+        at_b.recorder.total() == accepted + 1000
+    });
+    at_b.recorder
+        .tally("node-a")
+        .assert_complete(accepted + 1000, "node-a");
+    drop(a);
+}

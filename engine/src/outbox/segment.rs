@@ -341,7 +341,7 @@ fn last_nonzero(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Reserves the file's blocks so that stores through the map cannot hit a full disk.
-fn allocate(file: &File, len: usize) -> io::Result<()> {
+pub(crate) fn allocate(file: &File, len: usize) -> io::Result<()> {
     // SAFETY: fallocate on an open descriptor with in-range arguments.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
     if rc == 0 {

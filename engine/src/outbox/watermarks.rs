@@ -66,13 +66,25 @@ impl Watermarks {
             .truncate(false)
             .mode(0o600)
             .open(path)?;
-        let len = file.metadata()?.len() as usize;
+        let mut len = file.metadata()?.len() as usize;
         if len == 0 {
-            file.set_len((HEADER_LEN + slots * SLOT_LEN) as u64)?;
+            // Allocated, not just sized: a store into a hole of a mapped file on a full disk
+            // would be a SIGBUS.
+            len = HEADER_LEN + slots * SLOT_LEN;
+            if let Err(e) = crate::outbox::segment::allocate(&file, len) {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        }
+        if len >= HEADER_LEN && is_uninitialized(&file)? {
+            // New, or a crash came between allocating and writing the header: start empty.
             // SAFETY: the node owns its state file; nothing else maps or truncates it.
             let mut map = unsafe { MmapMut::map_mut(&file)? };
+            map.fill(0);
             map[0..8].copy_from_slice(MAGIC);
             map[8..12].copy_from_slice(&VERSION.to_le_bytes());
+            let slots = (len - HEADER_LEN) / SLOT_LEN;
             map[12..16].copy_from_slice(&(slots as u32).to_le_bytes());
             let crc = crc32c::crc32c(&map[0..16]);
             map[16..20].copy_from_slice(&crc.to_le_bytes());
@@ -228,6 +240,13 @@ impl Watermarks {
     fn slot_mut(&mut self, i: usize) -> &mut [u8] {
         &mut self.map[HEADER_LEN + i * SLOT_LEN..HEADER_LEN + (i + 1) * SLOT_LEN]
     }
+}
+
+/// Whether the file's header is all zeros (never written).
+fn is_uninitialized(file: &File) -> io::Result<bool> {
+    let mut header = [0u8; HEADER_LEN];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut header, 0)?;
+    Ok(header.iter().all(|&b| b == 0))
 }
 
 const MAGIC: &[u8; 8] = b"RWWMARKS";
