@@ -15,3 +15,6 @@ pub(crate) mod record;
 pub(crate) mod segment;
 pub(crate) mod store;
 pub(crate) mod watermarks;
+
+#[cfg(test)]
+mod model_tests;
