@@ -69,6 +69,11 @@ pub struct Config {
     /// Outbox bytes per peer before `publish` returns [`Error::Backpressure`] (default
     /// 256 MiB).
     pub outbox_peer_bytes_max: usize,
+    /// Messages unacknowledged for longer than this are reported through
+    /// [`Handler::on_window_exceeded`](crate::Handler::on_window_exceeded) and the
+    /// `msgs_window_exceeded` counter, once each; they are not dropped (default 5 minutes, the
+    /// seeds' `SessionBufferWindow`). Tracked to within 1 % of the window (10 ms to 1 s).
+    pub session_buffer_window: Duration,
 }
 
 /// When outbox records are written to disk, and what `publish_confirmed` then promises.
@@ -115,6 +120,7 @@ impl Config {
             outbox_segment_len: 64 << 20,
             outbox_bytes_max: 1 << 30,
             outbox_peer_bytes_max: 256 << 20,
+            session_buffer_window: Duration::from_secs(300),
         }
     }
 
@@ -148,6 +154,9 @@ impl Config {
         }
         if self.heartbeat.interval.is_zero() || self.heartbeat.timeout <= self.heartbeat.interval {
             return invalid("heartbeat timeout must exceed a non-zero interval");
+        }
+        if self.session_buffer_window.is_zero() {
+            return invalid("session_buffer_window must be positive");
         }
         let record_max = crate::outbox::record::space(self.payload_len_max());
         if self.outbox_dir.is_some() {

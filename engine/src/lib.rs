@@ -152,6 +152,12 @@ pub trait Handler: Send + Sync + 'static {
     /// `peer` accepted message `id` but lost it (its outbox record was damaged): it will never
     /// be delivered. Counted in `msgs_lost_by_peer`; the peer reports it as `outbox_lost`.
     fn on_lost(&self, _peer: &Peer, _id: MessageId) {}
+
+    /// `count` messages to `peer`, starting at `first`, have waited for its acknowledgement
+    /// longer than [`Config::session_buffer_window`]. They are kept and still delivered when the
+    /// peer returns; this says the peer has been away that long. Reported once per message,
+    /// also counted in `msgs_window_exceeded`.
+    fn on_window_exceeded(&self, _peer: &Peer, _first: MessageId, _count: u64) {}
 }
 
 /// A shared handler: keep an `Arc` to read what it collected.
@@ -170,6 +176,10 @@ impl<H: Handler> Handler for Arc<H> {
 
     fn on_lost(&self, peer: &Peer, id: MessageId) {
         (**self).on_lost(peer, id);
+    }
+
+    fn on_window_exceeded(&self, peer: &Peer, first: MessageId, count: u64) {
+        (**self).on_window_exceeded(peer, first, count);
     }
 }
 

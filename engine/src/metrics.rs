@@ -74,6 +74,9 @@ counters! {
     outbox_sync_failures,
     /// Messages peers reported lost from their outboxes (LOST frames received).
     msgs_lost_by_peer,
+    /// Messages that stayed unacknowledged longer than the session buffer window (reported
+    /// once each through `Handler::on_window_exceeded`; still kept and delivered).
+    msgs_window_exceeded,
 }
 
 /// One peer's state, as last published by its shard.

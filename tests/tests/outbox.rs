@@ -53,6 +53,8 @@ struct Lost {
     recorder: Recorder,
     lost: std::sync::Mutex<Vec<u64>>,
     delivered: AtomicU64,
+    /// (first seq, count) of each `on_window_exceeded`.
+    expired: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 impl Handler for Lost {
@@ -63,6 +65,10 @@ impl Handler for Lost {
 
     fn on_lost(&self, _peer: &Peer, id: MessageId) {
         self.lost.lock().unwrap().push(id.seq);
+    }
+
+    fn on_window_exceeded(&self, _peer: &Peer, first: MessageId, count: u64) {
+        self.expired.lock().unwrap().push((first.seq, count));
     }
 }
 
@@ -365,4 +371,45 @@ fn a_full_disk_fails_publish_and_loses_nothing_accepted() {
         .tally("node-a")
         .assert_complete(accepted + 1000, "node-a");
     drop(a);
+}
+
+#[test]
+fn messages_older_than_the_session_buffer_window_are_reported_once_and_still_delivered() {
+    let dir = TempDir::new("window");
+    let at_a = Arc::new(Lost::default());
+    let outbox = dir.0.clone();
+    let a = builder("node-a", 1)
+        .configure(move |c| {
+            c.outbox_dir = Some(outbox);
+            c.outbox_segment_len = 1 << 20;
+            c.body_len_max = 16 << 10;
+            c.session_buffer_window = std::time::Duration::from_millis(200);
+        })
+        .handler(Arc::clone(&at_a))
+        .start()
+        .unwrap();
+    let to_b = a.peer("node-b");
+    for n in 0..300 {
+        publish_patiently(&to_b, payload(n, 64));
+        if n == 149 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    wait_until("all 300 reported", || a.stats().msgs_window_exceeded == 300);
+    let expired = at_a.expired.lock().unwrap().clone();
+    // Contiguous ranges from seq 1, each message once.
+    let mut next = 1;
+    for (first, count) in &expired {
+        assert_eq!(*first, next, "{expired:?}");
+        next += count;
+    }
+    assert_eq!(next, 301);
+    // Reported, not dropped: the peer still gets every message.
+    let at_b = Arc::new(Lost::default());
+    let b = receiver(Arc::clone(&at_b));
+    a.connect(PeerConfig::new("node-b", [b.local_addr().unwrap()]))
+        .unwrap();
+    wait_until("all 300 delivered", || at_b.recorder.total() == 300);
+    at_b.recorder.tally("node-a").assert_complete(300, "node-a");
+    assert_eq!(a.stats().msgs_window_exceeded, 300);
 }

@@ -17,7 +17,7 @@ mod ring;
 pub(crate) mod socket;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -141,6 +141,8 @@ struct State {
     shutdown: Option<Shutdown>,
     now: Instant,
     durable: Option<DurableState>,
+    /// When the `Window` timer is due, if armed.
+    window_timer: Option<Instant>,
 }
 
 /// The shard's side of the outbox and its watermark table.
@@ -175,6 +177,11 @@ struct PeerState {
     established: bool,
     dial: Option<Dial>,
     redial_at: Option<Instant>,
+    /// Session buffer window bookkeeping: (s, t) means every seq up to `s` was taken from the
+    /// queue by `t`. Coarse (see `window_grain`), pruned as ACKs arrive.
+    taken_at: VecDeque<(Seq, Instant)>,
+    /// Highest seq already reported as older than the window.
+    window_reported: Seq,
 }
 
 struct Dial {
@@ -185,8 +192,15 @@ struct Dial {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    Conn { index: usize, generation: u32 },
-    Redial { peer: usize },
+    Conn {
+        index: usize,
+        generation: u32,
+    },
+    Redial {
+        peer: usize,
+    },
+    /// Look for unacknowledged messages older than the session buffer window.
+    Window,
 }
 
 struct Shutdown {
@@ -239,6 +253,7 @@ impl Shard {
                 rng: seed,
                 shutdown: None,
                 now,
+                window_timer: None,
                 durable: init.durable.map(|d| DurableState {
                     outbox: d.outbox,
                     recovered: d.recovered.messages,
@@ -778,14 +793,27 @@ impl State {
             tx.push(Seq(position + 1), outgoing.payload, token);
             count += 1;
         }
+        if count > 0 {
+            let seq = Seq(tx.seq_next().0 - 1);
+            let now = self.now;
+            let fresh = ps
+                .taken_at
+                .back()
+                .is_none_or(|&(_, t)| now >= t + window_grain(self.config.session_buffer_window));
+            match ps.taken_at.back_mut() {
+                Some(last) if !fresh => last.0 = seq,
+                _ => ps.taken_at.push_back((seq, now)),
+            }
+        }
+        let conn = ps.conn.filter(|_| ps.established);
         if count == DRAIN_BUDGET {
             self.drain_again.push(peer);
         }
-        if count > 0
-            && ps.established
-            && let Some(conn) = ps.conn
-        {
-            self.mark_dirty(conn);
+        if count > 0 {
+            self.arm_window(self.now);
+            if let Some(conn) = conn {
+                self.mark_dirty(conn);
+            }
         }
     }
 
@@ -839,6 +867,12 @@ impl State {
                     }
                     ps.redial_at = None;
                     self.start_dial(peer);
+                }
+                Timer::Window => {
+                    if self.window_timer == Some(at) {
+                        self.window_timer = None;
+                        self.check_window();
+                    }
                 }
             }
         }
@@ -1281,8 +1315,20 @@ impl State {
         debug_assert_eq!(shared.shard, self.id);
         let mut sessions = Sessions::new(shared.tx_session);
         let mut rx_slot = None;
+        let mut taken_at = VecDeque::new();
         if let Some(durable) = &mut self.durable {
-            restore_sessions(durable, shared, &mut sessions, &mut rx_slot);
+            let now = self.now;
+            restore_sessions(
+                durable,
+                shared,
+                &mut sessions,
+                &mut rx_slot,
+                &mut taken_at,
+                now,
+            );
+        }
+        if let Some(&(_, taken)) = taken_at.front() {
+            self.arm_window(taken);
         }
         let index = self.peers.insert(PeerState {
             handle: Peer {
@@ -1296,6 +1342,8 @@ impl State {
             established: false,
             dial: None,
             redial_at: None,
+            taken_at,
+            window_reported: Seq::ZERO,
         });
         self.peer_by_key.insert(shared.key, index);
         index
@@ -1338,6 +1386,8 @@ fn restore_sessions(
     shared: &PeerShared,
     sessions: &mut Sessions<Token>,
     rx_slot: &mut Option<(usize, SessionId)>,
+    taken_at: &mut VecDeque<(Seq, Instant)>,
+    now: Instant,
 ) {
     if let Some(d) = &shared.durable
         && let Ok(slot) = d.slot
@@ -1364,6 +1414,10 @@ fn restore_sessions(
             };
             sessions.tx.push_entry(message.seq, entry);
         }
+    }
+    let recovered = Seq(sessions.tx.seq_next().0 - 1);
+    if recovered > sessions.tx.seq_acked() {
+        taken_at.push_back((recovered, now));
     }
     match durable.received.find_or_claim(shared.node_id.as_str()) {
         Ok(slot) => {
@@ -1427,6 +1481,63 @@ impl State {
             durable.outbox.release(&durable.released, &durable.acked);
             durable.released.clear();
             durable.acked.clear();
+        }
+    }
+}
+
+/// How coarsely the session buffer window is tracked: a message may be reported up to this
+/// much after it crossed the window.
+fn window_grain(window: Duration) -> Duration {
+    (window / 100).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+impl State {
+    /// Arms the window check for the earliest moment a message taken now could cross it.
+    fn arm_window(&mut self, taken: Instant) {
+        if self.window_timer.is_none() {
+            let at = taken + self.config.session_buffer_window;
+            self.window_timer = Some(at);
+            self.timers.push(Reverse((at, Timer::Window)));
+        }
+    }
+
+    /// Reports, once each, unacknowledged messages taken longer than the session buffer window
+    /// ago. They are kept and still delivered: the window only tells the application.
+    fn check_window(&mut self) {
+        let window = self.config.session_buffer_window;
+        let now = self.now;
+        let mut next: Option<Instant> = None;
+        for (_, ps) in &mut self.peers {
+            let acked = ps.sessions.tx.seq_acked();
+            while let Some(&(seq, taken)) = ps.taken_at.front() {
+                if seq <= acked {
+                    ps.taken_at.pop_front();
+                    continue;
+                }
+                if taken + window > now {
+                    next = Some(next.map_or(taken, |n| n.min(taken)));
+                    break;
+                }
+                ps.taken_at.pop_front();
+                let first = acked.max(ps.window_reported).next();
+                if first <= seq {
+                    let count = seq.0 - first.0 + 1;
+                    ps.window_reported = seq;
+                    self.counters.msgs_window_exceeded += count;
+                    tracing::warn!(peer = %ps.shared.node_id, first = first.0, count, ?window, "messages unacknowledged for longer than the session buffer window");
+                    self.handler.on_window_exceeded(
+                        &ps.handle,
+                        MessageId {
+                            session: ps.sessions.tx.id(),
+                            seq: first.0,
+                        },
+                        count,
+                    );
+                }
+            }
+        }
+        if let Some(taken) = next {
+            self.arm_window(taken);
         }
     }
 }
