@@ -83,9 +83,13 @@ pub(crate) fn open(root: &Path, config: &Config) -> Result<Opened, Error> {
 
 fn open_shard(root: &Path, shard: usize, config: &Config) -> Result<ShardDurable, Error> {
     let dir = store::shard_dir(root, shard);
-    let (outbox, recovered) =
-        ShardOutbox::open(&dir, config.outbox_segment_len, config.outbox_bytes_max)
-            .map_err(|e| Error::io(format!("opening outbox {}", dir.display()), e))?;
+    let (outbox, recovered) = ShardOutbox::open(
+        &dir,
+        config.outbox_segment_len,
+        config.outbox_bytes_max,
+        config.outbox_peer_bytes_max,
+    )
+    .map_err(|e| Error::io(format!("opening outbox {}", dir.display()), e))?;
     let received = Watermarks::open(&dir.join("received"), store::PEERS_MAX)
         .map_err(|e| Error::io(format!("opening watermarks in {}", dir.display()), e))?;
     Ok(ShardDurable {

@@ -315,7 +315,6 @@ impl EngineShared {
             &self.mailboxes,
             self.config.peer_queue_len,
             &self.outboxes,
-            self.config.outbox_peer_bytes_max,
         )
     }
 }

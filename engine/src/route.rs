@@ -23,7 +23,6 @@ use crossbeam_utils::CachePadded;
 
 use crate::confirm::ConfirmSlot;
 use crate::error::Error;
-use crate::outbox::record;
 use crate::outbox::store::{AppendError, ShardOutbox, Stored};
 use crate::proto::handshake::HelloInfo;
 use crate::proto::{Seq, SessionId};
@@ -64,9 +63,6 @@ pub(crate) struct Durable {
     pub slot: Result<usize, String>,
     /// The acknowledged seq the session table held at start.
     pub acked_at_start: Seq,
-    /// Outbox bytes held for this peer (record space of unacknowledged messages).
-    pub bytes: AtomicU64,
-    pub bytes_max: u64,
 }
 
 /// State of one peer shared between the API threads and its owning shard.
@@ -117,18 +113,14 @@ impl PeerShared {
                 });
             }
         };
-        let space = record::space(payload.len()) as u64;
-        if durable.bytes.load(Ordering::Relaxed) + space > durable.bytes_max {
-            return Err(Error::Backpressure(payload));
-        }
         let mut appender = durable.outbox.appender();
         // Every producer of this queue holds the append lock, so it cannot fill up between
         // this check and the push below, and the next position is ours.
-        if self.queue.is_full() {
+        if !self.queue.has_room_exclusive() {
             return Err(Error::Backpressure(payload));
         }
         let seq = Seq(self.queue.pushed() + 1);
-        let stored = match appender.append(self.tx_session, seq, &payload) {
+        let stored = match appender.append(slot, self.tx_session, seq, &payload) {
             Ok(stored) => stored,
             Err(AppendError::Full { disk }) => {
                 return Err(Error::OutboxFull {
@@ -136,20 +128,16 @@ impl PeerShared {
                     disk_full: disk,
                 });
             }
+            Err(AppendError::PeerFull) => return Err(Error::Backpressure(payload)),
             Err(AppendError::Failed) => return Err(Error::OutboxFailed),
             Err(AppendError::Io(e)) => return Err(Error::io("creating an outbox segment", e)),
         };
         appender.set_next(slot, seq.next());
-        durable.bytes.fetch_add(space, Ordering::Relaxed);
-        let position = self
-            .queue
-            .push(Outgoing {
-                payload,
-                confirm,
-                stored: Some(stored),
-            })
-            .map_err(|_| ())
-            .expect("the queue had room and the append lock excludes other producers");
+        let position = self.queue.push_exclusive(Outgoing {
+            payload,
+            confirm,
+            stored: Some(stored),
+        });
         drop(appender);
         debug_assert_eq!(position + 1, seq.0);
         self.notify();
@@ -290,7 +278,6 @@ impl Registry {
         mailboxes: &[Arc<Mailbox>],
         queue_len: usize,
         outboxes: &[Arc<ShardOutbox>],
-        peer_bytes_max: usize,
     ) -> Arc<PeerShared> {
         if let Some(peer) = self.get(node_id) {
             return peer;
@@ -310,9 +297,7 @@ impl Registry {
                 Durable {
                     outbox: Arc::clone(outbox),
                     acked_at_start: state.as_ref().map_or(Seq::ZERO, |s| s.acked),
-                    bytes: AtomicU64::new(state.as_ref().map_or(0, |s| s.bytes)),
                     slot: state.map(|s| s.slot).map_err(|e| e.to_string()),
-                    bytes_max: peer_bytes_max as u64,
                 }
             });
             Arc::new(PeerShared {
@@ -398,9 +383,36 @@ impl PeerQueue {
         }
     }
 
-    /// Whether a push would fail now (exact only while no other producer runs).
-    pub(crate) fn is_full(&self) -> bool {
-        self.tail.load(Ordering::SeqCst) - self.head.load(Ordering::SeqCst) > self.mask
+    /// Appends `value` when the caller is the only producer (every producer of this queue
+    /// holds one lock) and has checked [`PeerQueue::is_full`]: no CAS on the tail.
+    pub(crate) fn push_exclusive(&self, value: Outgoing) -> u64 {
+        let tail = self.tail.load(Ordering::Relaxed);
+        let slot = &self.slots[(tail & self.mask) as usize];
+        assert_eq!(
+            slot.stamp.load(Ordering::Acquire),
+            tail,
+            "push_exclusive on a full queue or with another producer"
+        );
+        // Release suffices: other producers are excluded by the caller's lock (whose release
+        // publishes this store to the next holder), and readers of `tail` only use it for
+        // scheduling and stats; the consumer synchronizes on the slot's stamp.
+        self.tail.store(tail + 1, Ordering::Release);
+        // SAFETY: the slot is free for position `tail` (its stamp says so) and no other
+        // producer runs, so this thread owns it until it publishes the stamp below.
+        slot.value.with_mut(|v| unsafe { (*v).write(value) });
+        slot.stamp.store(tail + 1, Ordering::SeqCst);
+        tail
+    }
+
+    /// Whether [`PeerQueue::push_exclusive`] has room now. Exact only for the sole producer; it
+    /// reads the next slot's stamp, not the consumer's `head`, whose cache line the consumer
+    /// writes on every pop.
+    pub(crate) fn has_room_exclusive(&self) -> bool {
+        let tail = self.tail.load(Ordering::Relaxed);
+        self.slots[(tail & self.mask) as usize]
+            .stamp
+            .load(Ordering::Acquire)
+            == tail
     }
 
     /// Appends `value`, returning its position; hands it back if the queue is full.
@@ -533,10 +545,10 @@ mod tests {
         for i in 0..4 {
             assert_eq!(q.push(msg(i)).ok(), Some(1001 + i));
         }
-        assert!(q.is_full());
+        assert!(!q.has_room_exclusive());
         assert!(q.push(msg(9)).is_err());
         assert_eq!(q.pop().map(|(p, _)| p), Some(1001));
-        assert!(!q.is_full());
+        assert!(q.has_room_exclusive());
         assert_eq!(q.push(msg(4)).ok(), Some(1005));
         assert_eq!(q.pushed(), 1006);
     }

@@ -28,6 +28,8 @@ pub struct Target {
     pub node_id: String,
     /// Shards of the embedded node.
     pub shards: usize,
+    /// Give each client engine a durable outbox under this directory, with this sync policy.
+    pub outbox: Option<(std::path::PathBuf, ringwire::SyncPolicy)>,
 }
 
 /// Runs the workload and returns its report.
@@ -54,7 +56,9 @@ pub fn run(w: &Workload, target: &Target) -> Result<(Report, Option<Arc<LatencyL
     let t0_cpu = workload::cpu_time();
     let outcome = match w.mode {
         Mode::Fanin => fanin::run(w, addr, &target.node_id, load_core)?,
-        Mode::Throughput | Mode::Latency => streams(w, addr, &target.node_id, load_core)?,
+        Mode::Throughput | Mode::Latency => {
+            streams(w, addr, &target.node_id, load_core, target.outbox.as_ref())?
+        }
     };
     let cpu = workload::cpu_time() - t0_cpu;
 
@@ -144,6 +148,7 @@ fn streams(
     addr: SocketAddr,
     server_id: &str,
     core: usize,
+    outbox: Option<&(std::path::PathBuf, ringwire::SyncPolicy)>,
 ) -> Result<Outcome, String> {
     let echo = w.mode == Mode::Latency;
     let t0 = Instant::now() + SETTLE;
@@ -163,6 +168,10 @@ fn streams(
             .configure(|c| {
                 c.first_core = core;
                 c.idle_spin = node::idle_spin(w.busy_poll);
+                if let Some((dir, sync)) = outbox {
+                    c.outbox_dir = Some(dir.join(format!("client-{i}")));
+                    c.outbox_sync = *sync;
+                }
             })
             .start()
             .map_err(|e| format!("starting client engine {i}: {e}"))?;

@@ -61,6 +61,14 @@ struct RunArgs {
     /// Node id of the target.
     #[arg(long, default_value = SERVER_ID)]
     target_id: String,
+    /// Give the sending engines a durable outbox in a fresh directory under DIR (removed after
+    /// the run). Throughput and latency modes.
+    #[arg(long, value_name = "DIR")]
+    outbox: Option<PathBuf>,
+    /// Outbox sync policy: none, always, or an interval such as 10ms. With `always`, an ACK
+    /// means the message is on the sender's disk, so throughput counts durable messages.
+    #[arg(long, default_value = "none", requires = "outbox")]
+    sync: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -184,15 +192,52 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
     if args.shards == 0 || args.shards > 64 {
         return Err(Failure::Usage("--shards must be 1 to 64".into()));
     }
+    let outbox = match &args.outbox {
+        Some(_) if w.mode == loadgen::Mode::Fanin => {
+            return Err(Failure::Usage(
+                "--outbox applies to the throughput and latency modes".into(),
+            ));
+        }
+        Some(root) => {
+            let sync = parse_sync(&args.sync)?;
+            let dir = root.join(format!("run-{}", std::process::id()));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| Failure::Run(format!("clearing {}: {e}", dir.display())))?;
+            }
+            Some((dir, sync))
+        }
+        None => None,
+    };
     let target = client::Target {
         addr: args.target.clone(),
         node_id: args.target_id.clone(),
         shards: args.shards,
+        outbox: outbox.clone(),
     };
-    let (report, latency) = client::run(&w, &target).map_err(Failure::Run)?;
+    let result = client::run(&w, &target);
+    if let Some((dir, _)) = &outbox {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let (mut report, latency) = result.map_err(Failure::Run)?;
+    if outbox.is_some() {
+        report.outbox = Some(args.sync.clone());
+    }
     report
         .emit(&w, latency.as_deref())
         .map_err(|e| Failure::Run(format!("writing the report: {e}")))
+}
+
+/// `none`, `always`, or an interval such as `10ms`.
+fn parse_sync(text: &str) -> Result<ringwire::SyncPolicy, Failure> {
+    Ok(match text {
+        "none" => ringwire::SyncPolicy::None,
+        "always" => ringwire::SyncPolicy::Always,
+        every => ringwire::SyncPolicy::Interval(
+            workload::parse_duration(every)
+                .map_err(|e| Failure::Usage(format!("--sync {every:?}: {e}")))?,
+        ),
+    })
 }
 
 fn serve(args: &ServeArgs) -> Result<(), Failure> {
@@ -293,14 +338,7 @@ fn send(args: &SendArgs) -> Result<(), Failure> {
     if args.rate == Some(0) {
         return Err(Failure::Usage("--rate must be positive".into()));
     }
-    let sync = match args.sync.as_str() {
-        "none" => ringwire::SyncPolicy::None,
-        "always" => ringwire::SyncPolicy::Always,
-        every => ringwire::SyncPolicy::Interval(
-            workload::parse_duration(every)
-                .map_err(|e| Failure::Usage(format!("--sync {every:?}: {e}")))?,
-        ),
-    };
+    let sync = parse_sync(&args.sync)?;
     let timeout = workload::parse_duration(&args.timeout)
         .map_err(|e| Failure::Usage(format!("--timeout: {e}")))?;
     let options = durable::SendOptions {

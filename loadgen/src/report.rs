@@ -35,6 +35,10 @@ pub struct Report {
     /// Shards (ringwire) or server threads (baselines) on the receiving side.
     pub shards: usize,
     pub busy_poll: bool,
+    /// The sending engines' outbox sync policy (`none`, `always`, `interval:<d>`), or `null`
+    /// without an outbox (and for the baselines).
+    #[serde(default)]
+    pub outbox: Option<String>,
     /// Length of the measured window.
     pub duration_s: f64,
     pub warmup_s: f64,
@@ -395,6 +399,7 @@ impl Report {
             rate: w.rate,
             shards,
             busy_poll: w.busy_poll,
+            outbox: None,
             duration_s: window.seconds(),
             warmup_s: w.warmup.as_secs_f64(),
             sent: counts.sent,

@@ -11,6 +11,7 @@
 //! The per-shard store ([`store`]) ties them together: appends under a lock from the publishing
 //! threads, releases and syncs from the shard, and recovery when the engine starts.
 
+pub(crate) mod lock;
 pub(crate) mod record;
 pub(crate) mod segment;
 pub(crate) mod store;

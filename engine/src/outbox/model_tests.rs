@@ -99,7 +99,7 @@ fn open_sender(dir: &Path) -> Sender {
             mut messages,
             report,
         },
-    ) = ShardOutbox::open(&dir.join("tx"), SEGMENT_LEN, BYTES_MAX).unwrap();
+    ) = ShardOutbox::open(&dir.join("tx"), SEGMENT_LEN, BYTES_MAX, BYTES_MAX / 2).unwrap();
     assert_eq!(report.lost, 0, "nothing was damaged");
     let state = outbox.session(PEER).unwrap();
     let mut tx = TxSession::resuming(state.session, state.acked);
@@ -210,7 +210,8 @@ impl World {
         let number = self.next_number;
         let seq = self.sender.tx.seq_next();
         let mut appender = self.sender.outbox.appender();
-        let Ok(stored) = appender.append(self.sender.tx.id(), seq, &payload(number)) else {
+        let slot = self.sender.slot;
+        let Ok(stored) = appender.append(slot, self.sender.tx.id(), seq, &payload(number)) else {
             return; // refused (outbox full): not accepted, so nothing is owed
         };
         appender.set_next(self.sender.slot, seq.next());

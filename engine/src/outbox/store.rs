@@ -14,12 +14,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::outbox::lock::{SpinGuard, SpinLock};
 use crate::outbox::record;
 use crate::outbox::segment::{HEADER_LEN, OpenError, Segment};
 use crate::outbox::watermarks::{Entry, Watermarks};
@@ -28,11 +29,13 @@ use crate::proto::{Seq, SessionId};
 /// Peers one shard's session table holds.
 pub(crate) const PEERS_MAX: usize = 4096;
 
-/// Where a record lies: the segment's index in the outbox and the space the record takes.
+/// Where a record lies: the segment's index in the outbox, the space the record takes, and
+/// its peer's slot in the session table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stored {
     pub segment: u32,
     pub space: u32,
+    pub slot: u32,
 }
 
 /// Why an append failed.
@@ -40,6 +43,8 @@ pub(crate) struct Stored {
 pub(crate) enum AppendError {
     /// The shard's outbox limit is reached, or the disk has no room for another segment.
     Full { disk: bool },
+    /// The peer's share of the outbox (`outbox_peer_bytes_max`) is used up.
+    PeerFull,
     /// A sync failed earlier: nothing written since the last good sync may be confirmed.
     Failed,
     /// Creating a segment failed for another reason.
@@ -55,8 +60,6 @@ pub(crate) struct SessionState {
     pub acked: Seq,
     /// The sequence number the next publish gets.
     pub next: Seq,
-    /// Record space of the unacknowledged messages recovered for this peer.
-    pub bytes: u64,
 }
 
 /// One unacknowledged message found at start: its payload (a view into the segment) or `None`
@@ -122,8 +125,9 @@ pub(crate) struct ShardOutbox {
     dir: PathBuf,
     segment_len: usize,
     segments_max: usize,
+    peer_bytes_max: u64,
     failed: AtomicBool,
-    inner: Mutex<Inner>,
+    inner: SpinLock<Inner>,
 }
 
 #[derive(Debug)]
@@ -137,7 +141,8 @@ struct Inner {
     drained: Vec<usize>,
     id_next: u64,
     sessions: Watermarks,
-    recovered_bytes: HashMap<usize, u64>,
+    /// Record space of each peer's unacknowledged messages, by session-table slot.
+    peer_bytes: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -147,12 +152,14 @@ struct Held {
     live: u64,
     /// Bytes up to which it is known to be on disk.
     synced: usize,
+    /// Being zeroed outside the lock (see `ShardOutbox::recycle`).
+    resetting: bool,
 }
 
 /// The lock that appends hold; see the module docs.
 pub(crate) struct Appender<'a> {
     outbox: &'a ShardOutbox,
-    inner: MutexGuard<'a, Inner>,
+    inner: SpinGuard<'a, Inner>,
 }
 
 impl ShardOutbox {
@@ -166,6 +173,7 @@ impl ShardOutbox {
         dir: &Path,
         segment_len: usize,
         bytes_max: usize,
+        peer_bytes_max: usize,
     ) -> io::Result<(ShardOutbox, Recovered)> {
         let started = Instant::now();
         std::fs::create_dir_all(dir)?;
@@ -231,12 +239,13 @@ impl ShardOutbox {
                 synced: segment.end(),
                 segment,
                 live,
+                resetting: false,
             }));
         }
 
         let mut sessions = sessions;
         let mut messages = HashMap::new();
-        let mut recovered_bytes = HashMap::new();
+        let mut peer_bytes = vec![0; PEERS_MAX];
         for slot in sessions.slots().collect::<Vec<_>>() {
             let entry = sessions.get(slot);
             let records = found.remove(&slot).unwrap_or_default();
@@ -255,6 +264,7 @@ impl ShardOutbox {
                     let stored = Stored {
                         segment: index as u32,
                         space: space as u32,
+                        slot: slot as u32,
                     };
                     (payload, stored)
                 });
@@ -270,7 +280,7 @@ impl ShardOutbox {
             }
             if !list.is_empty() {
                 messages.insert(slot, list);
-                recovered_bytes.insert(slot, bytes);
+                peer_bytes[slot] = bytes;
             }
         }
         if report.lost > 0 {
@@ -286,20 +296,21 @@ impl ShardOutbox {
             dir: dir.to_owned(),
             segment_len,
             segments_max: (bytes_max / segment_len).max(1),
+            peer_bytes_max: peer_bytes_max as u64,
             failed: AtomicBool::new(false),
-            inner: Mutex::new(Inner {
+            inner: SpinLock::new(Inner {
                 drained: (0..segments.len()).collect(),
                 segments,
                 active: None,
                 spare: Vec::new(),
                 id_next,
                 sessions,
-                recovered_bytes,
+                peer_bytes,
             }),
         };
         // Recovered segments are never appended to again; those without live records are
         // reset now (or once the last view of them goes) and become spares.
-        outbox.lock_inner().recycle();
+        outbox.recycle();
         report.duration = started.elapsed();
         Ok((outbox, Recovered { messages, report }))
     }
@@ -322,7 +333,6 @@ impl ShardOutbox {
             session: entry.session,
             acked: entry.a,
             next: entry.b,
-            bytes: inner.recovered_bytes.remove(&slot).unwrap_or(0),
         })
     }
 
@@ -342,8 +352,10 @@ impl ShardOutbox {
     /// The shard's releases after ACKs: records no longer needed, and each peer's new
     /// acknowledged seq. Segments left without live records are reset and reused.
     pub(crate) fn release(&self, records: &[Stored], acked: &[(usize, Seq)]) {
-        let mut inner = self.lock_inner();
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
         for stored in records {
+            inner.peer_bytes[stored.slot as usize] -= u64::from(stored.space);
             if let Some(held) = inner.segments[stored.segment as usize].as_mut() {
                 held.live -= 1;
                 if held.live == 0 && inner.active != Some(stored.segment as usize) {
@@ -354,8 +366,10 @@ impl ShardOutbox {
         for &(slot, seq) in acked {
             inner.sessions.set_a(slot, seq);
         }
-        if !inner.drained.is_empty() {
-            inner.recycle();
+        let drained = !inner.drained.is_empty();
+        drop(guard);
+        if drained {
+            self.recycle();
         }
     }
 
@@ -411,8 +425,65 @@ impl ShardOutbox {
             .any(|h| h.synced < h.segment.end())
     }
 
-    fn lock_inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_inner(&self) -> SpinGuard<'_, Inner> {
+        self.inner.lock()
+    }
+
+    /// Resets drained segments whose payload views are gone and makes them spares (a truncated
+    /// segment is deleted instead). The zeroing runs outside the lock: a drained segment has no
+    /// live record, is neither active nor spare, and is marked `resetting`, so nothing else
+    /// touches its record area meanwhile.
+    fn recycle(&self) {
+        let mut zero = Vec::new();
+        {
+            let mut guard = self.lock_inner();
+            let inner = &mut *guard;
+            let mut waiting = Vec::new();
+            for index in std::mem::take(&mut inner.drained) {
+                let Some(held) = inner.segments[index].as_mut() else {
+                    continue;
+                };
+                if held.live > 0
+                    || held.resetting
+                    || inner.active == Some(index)
+                    || inner.spare.contains(&index)
+                {
+                    continue;
+                }
+                if held.segment.is_shared() {
+                    waiting.push(index);
+                    continue;
+                }
+                if held.segment.is_truncated() {
+                    let path = held.segment.path().to_owned();
+                    inner.segments[index] = None;
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(path = %path.display(), error = %e, "removing a drained segment failed");
+                    }
+                    continue;
+                }
+                held.resetting = true;
+                zero.push((index, held.segment.written_area()));
+            }
+            inner.drained = waiting;
+        }
+        for (_, (ptr, len)) in &zero {
+            // SAFETY: see the method docs: no reader or writer touches the area, and the
+            // segment (hence its map) stays in `segments` until `resetting` is cleared below.
+            unsafe { std::ptr::write_bytes(*ptr as *mut u8, 0, *len) };
+        }
+        if !zero.is_empty() {
+            let mut inner = self.lock_inner();
+            for (index, _) in zero {
+                let held = inner.segments[index]
+                    .as_mut()
+                    .expect("kept while resetting");
+                held.segment.mark_reset();
+                held.synced = HEADER_LEN;
+                held.resetting = false;
+                inner.spare.push(index);
+            }
+        }
     }
 }
 
@@ -420,6 +491,7 @@ impl Appender<'_> {
     /// Appends a record; `Ok` means it is in the map (and survives a crash of this process).
     pub(crate) fn append(
         &mut self,
+        slot: usize,
         session: SessionId,
         seq: Seq,
         payload: &[u8],
@@ -430,6 +502,9 @@ impl Appender<'_> {
         let space = record::space(payload.len());
         if space > self.outbox.segment_len - HEADER_LEN {
             return Err(AppendError::Full { disk: false });
+        }
+        if self.inner.peer_bytes[slot] + space as u64 > self.outbox.peer_bytes_max {
+            return Err(AppendError::PeerFull);
         }
         let inner = &mut *self.inner;
         let index = match inner.active {
@@ -456,9 +531,11 @@ impl Appender<'_> {
             .append(session, seq, payload)
             .expect("free space checked");
         held.live += 1;
+        self.inner.peer_bytes[slot] += space as u64;
         Ok(Stored {
             segment: index as u32,
             space: space as u32,
+            slot: slot as u32,
         })
     }
 
@@ -490,6 +567,7 @@ impl Appender<'_> {
             synced: segment.end(),
             segment,
             live: 0,
+            resetting: false,
         };
         let index = match inner.segments.iter().position(Option::is_none) {
             Some(free) => {
@@ -502,43 +580,6 @@ impl Appender<'_> {
             }
         };
         Ok(index)
-    }
-}
-
-impl Inner {
-    /// Resets drained segments whose payload views are gone and makes them spares; a truncated
-    /// segment is deleted instead.
-    fn recycle(&mut self) {
-        let mut waiting = Vec::new();
-        for index in std::mem::take(&mut self.drained) {
-            let Some(held) = self.segments[index].as_mut() else {
-                continue;
-            };
-            if held.live > 0 || self.active == Some(index) || self.spare.contains(&index) {
-                continue;
-            }
-            if held.segment.is_shared() {
-                waiting.push(index);
-                continue;
-            }
-            if held.segment.is_truncated() {
-                let path = held.segment.path().to_owned();
-                self.segments[index] = None;
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(path = %path.display(), error = %e, "removing a drained segment failed");
-                }
-                continue;
-            }
-            if held.segment.end() > HEADER_LEN {
-                if let Err(e) = held.segment.reset() {
-                    tracing::warn!(error = %e, "resetting a drained segment failed");
-                    continue;
-                }
-                held.synced = HEADER_LEN;
-            }
-            self.spare.push(index);
-        }
-        self.drained = waiting;
     }
 }
 

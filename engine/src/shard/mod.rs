@@ -715,10 +715,6 @@ impl Events<Token> for ShardEvents<'_> {
         }
         if let (Some(stored), Some(durable)) = (entry.token.stored, self.durable.as_deref_mut()) {
             durable.released.push(stored);
-            if let Some(d) = &self.peer.shared.durable {
-                d.bytes
-                    .fetch_sub(u64::from(stored.space), Ordering::Relaxed);
-            }
         }
     }
 }
