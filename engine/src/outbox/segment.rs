@@ -28,7 +28,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memmap2::MmapRaw;
 
-use crate::outbox::record::{self, Invalid, Record};
+#[cfg(test)]
+use crate::outbox::record::Record;
+use crate::outbox::record::{self, Invalid};
 use crate::proto::{Seq, SessionId};
 
 /// A mapped segment file.
@@ -49,11 +51,22 @@ pub(crate) struct Segment {
     truncated: bool,
 }
 
+/// An intact record found by the scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Scanned {
+    pub session: SessionId,
+    pub seq: Seq,
+    /// Offsets and sizes fit in 32 bits: segments are far smaller than 4 GiB.
+    pub at: u32,
+    /// The record's `total_len`: header and payload, without padding.
+    pub total: u32,
+}
+
 /// What opening an existing segment found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Scan {
-    /// Offsets of the intact records, in file order.
-    pub records: Vec<usize>,
+    /// The intact records, in file order.
+    pub records: Vec<Scanned>,
     /// Regions between intact records that hold damaged bytes: (offset, length). The records
     /// lost in them are counted by the caller, from the sequence numbers around them.
     pub damaged: Vec<(usize, usize)>,
@@ -95,6 +108,10 @@ impl Segment {
     /// removed again when creation fails after it was made.
     pub(crate) fn create(dir: &Path, id: u64, len: usize) -> io::Result<Segment> {
         assert!(len > HEADER_LEN && len.is_multiple_of(record::RECORD_ALIGN));
+        assert!(
+            u32::try_from(len).is_ok(),
+            "segments are smaller than 4 GiB"
+        );
         let path = segment_path(dir, id);
         let file = OpenOptions::new()
             .read(true)
@@ -131,7 +148,21 @@ impl Segment {
     /// Maps an existing segment and scans its records: intact records are listed, damaged
     /// regions reported, and a torn last record erased so appends can continue after the
     /// last intact one.
+    #[cfg(test)]
     pub(crate) fn open(path: &Path) -> Result<(Segment, Scan), OpenError> {
+        let mut records = Vec::new();
+        let (segment, mut scan) = Segment::open_with(path, |r| records.push(r))?;
+        scan.records = records;
+        Ok((segment, scan))
+    }
+
+    /// Like [`Segment::open`], handing each intact record to `found` in file order instead of
+    /// collecting them (the returned `Scan` has no `records`): recovery of a large outbox
+    /// keeps only what it needs of each.
+    pub(crate) fn open_with(
+        path: &Path,
+        found: impl FnMut(Scanned),
+    ) -> Result<(Segment, Scan), OpenError> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let len = file.metadata()?.len();
         if len <= HEADER_LEN as u64 || len > usize::MAX as u64 {
@@ -146,7 +177,7 @@ impl Segment {
         if header_len < len {
             return Err(OpenError::BadHeader("segment longer than its header says"));
         }
-        let (scan, end) = scan(bytes, !truncated);
+        let (scan, end) = scan(bytes, !truncated, found);
         Ok((
             Segment {
                 id,
@@ -196,25 +227,33 @@ impl Segment {
     }
 
     /// The record at `offset` (one returned by `append` or listed by the scan).
+    #[cfg(test)]
     pub(crate) fn record(&self, offset: usize) -> Option<Record<'_>> {
         record::read(self.written().get(offset..)?)
             .ok()
             .map(|(r, _)| r)
     }
 
-    /// The payload of the record at `offset` as [`Bytes`] that point into the map, without a
-    /// copy. The segment is not recycled while such a view is alive.
+    /// The bytes written so far as one [`Bytes`] pointing into the map, without a copy; slice
+    /// it at a scanned record's payload ([`payload_range`]) to hand the payload out. The segment
+    /// is not recycled while any such view is alive.
+    pub(crate) fn view(&self) -> Bytes {
+        Bytes::from_owner(View {
+            map: Arc::clone(&self.map),
+            start: 0,
+            len: self.end,
+        })
+    }
+
+    /// The payload of the record at `offset` as [`Bytes`] pointing into the map.
+    #[cfg(test)]
     pub(crate) fn payload(&self, offset: usize) -> Option<Bytes> {
         let record = self.record(offset)?;
         let start = record.payload.as_ptr() as usize - self.map.as_ptr() as usize;
-        Some(Bytes::from_owner(View {
-            map: Arc::clone(&self.map),
-            start,
-            len: record.payload.len(),
-        }))
+        Some(self.view().slice(start..start + record.payload.len()))
     }
 
-    /// Whether payload views handed out by [`Segment::payload`] are still alive.
+    /// Whether views handed out by [`Segment::view`] are still alive.
     pub(crate) fn is_shared(&self) -> bool {
         Arc::strong_count(&self.map) > 1
     }
@@ -267,6 +306,7 @@ impl Segment {
     }
 
     /// The bytes written so far.
+    #[cfg(test)]
     fn written(&self) -> &[u8] {
         // SAFETY: bytes below `end` are complete records, never written again while `&self`
         // can be held (see the type's docs).
@@ -292,7 +332,12 @@ impl Segment {
     }
 }
 
-/// A payload inside a segment map, owned by a [`Bytes`].
+/// Where the payload of the record at `at` with `total_len` `total` lies in the segment.
+pub(crate) fn payload_range(at: u32, total: u32) -> std::ops::Range<usize> {
+    at as usize + record::RECORD_HEADER_LEN..at as usize + total as usize
+}
+
+/// A range of a segment map, owned by a [`Bytes`].
 struct View {
     map: Arc<MmapRaw>,
     start: usize,
@@ -316,13 +361,18 @@ pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
 ///
 /// In a truncated segment (`erase_tail` false) the end of the file cut a record short: it is
 /// reported as damaged rather than erased, because the file is never appended to again.
-fn scan(map: &mut [u8], erase_tail: bool) -> (Scan, usize) {
+fn scan(map: &mut [u8], erase_tail: bool, mut each: impl FnMut(Scanned)) -> (Scan, usize) {
     let mut found = Scan::default();
     let mut pos = HEADER_LEN;
     while pos < map.len() {
         match record::read(&map[pos..]) {
-            Ok((_, used)) => {
-                found.records.push(pos);
+            Ok((r, used)) => {
+                each(Scanned {
+                    session: r.session,
+                    seq: r.seq,
+                    at: pos as u32,
+                    total: (record::RECORD_HEADER_LEN + r.payload.len()) as u32,
+                });
                 pos += used;
             }
             Err(Invalid::Empty) => {
@@ -468,26 +518,33 @@ mod tests {
     fn seqs(seg: &Segment, scan: &Scan) -> Vec<u64> {
         scan.records
             .iter()
-            .map(|&at| seg.record(at).unwrap().seq.0)
+            .map(|r| {
+                assert_eq!(seg.record(r.at as usize).unwrap().seq, r.seq);
+                r.seq.0
+            })
             .collect()
+    }
+
+    fn offsets(scan: &Scan) -> Vec<usize> {
+        scan.records.iter().map(|r| r.at as usize).collect()
     }
 
     #[test]
     fn appends_survive_reopening() {
         let dir = TempDir::new("reopen");
-        let (path, offsets) = fill(&dir.0, 50);
+        let (path, written) = fill(&dir.0, 50);
         let (mut seg, scan) = Segment::open(&path).unwrap();
         assert_eq!(seg.id(), 1);
-        assert_eq!(scan.records, offsets);
+        assert_eq!(offsets(&scan), written);
         assert_eq!((scan.damaged.len(), scan.torn_tail), (0, 0));
-        let r = seg.record(offsets[9]).unwrap();
+        let r = seg.record(written[9]).unwrap();
         assert_eq!((r.seq, r.payload), (Seq(10), &[10u8; 30][..]));
         // Appends continue after the last record.
         let at = seg.append(S, Seq(51), b"more").unwrap();
         seg.file().sync_data().unwrap();
         drop(seg);
         let (seg, scan) = Segment::open(&path).unwrap();
-        assert_eq!(*scan.records.last().unwrap(), at);
+        assert_eq!(scan.records.last().unwrap().at as usize, at);
         assert_eq!(seqs(&seg, &scan), (1..=51).collect::<Vec<_>>());
     }
 

@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use crate::outbox::lock::{SpinGuard, SpinLock};
 use crate::outbox::record;
-use crate::outbox::segment::{HEADER_LEN, OpenError, Segment};
+use crate::outbox::segment::{self, HEADER_LEN, OpenError, Scan, Segment};
 use crate::outbox::watermarks::{Entry, Watermarks};
 use crate::proto::{Seq, SessionId};
 
@@ -185,22 +185,26 @@ impl ShardOutbox {
             .collect();
         paths.sort();
 
-        let slot_of: HashMap<SessionId, usize> = sessions
+        let targets: HashMap<SessionId, (usize, Seq)> = sessions
             .slots()
-            .map(|slot| (sessions.get(slot).session, slot))
+            .map(|slot| {
+                let e = sessions.get(slot);
+                (e.session, (slot, e.a))
+            })
             .collect();
-        // Per slot: seq → (segment index, offset, space).
-        let mut found: HashMap<usize, HashMap<u64, (usize, usize, usize)>> = HashMap::new();
-        let mut segments = Vec::new();
+        let (opened, mut found) = scan_all(&paths, &targets);
+        // By path index; `None` for an unusable file.
+        let mut segments = Vec::with_capacity(paths.len());
         let mut id_next = 0;
-        for path in &paths {
+        for (path, opened) in paths.iter().zip(opened) {
             report.segments += 1;
-            let (segment, scan) = match Segment::open(path) {
+            let (segment, scan, counts) = match opened {
                 Ok(opened) => opened,
                 Err(OpenError::BadHeader(why)) => {
                     tracing::error!(path = %path.display(), why, "unusable outbox segment; renamed to .bad");
                     report.bad_segments += 1;
                     std::fs::rename(path, path.with_extension("bad"))?;
+                    segments.push(None);
                     continue;
                 }
                 Err(OpenError::Io(e)) => return Err(e),
@@ -208,66 +212,69 @@ impl ShardOutbox {
             report.bytes_scanned += segment.len() as u64;
             report.torn_tails += u64::from(scan.torn_tail > 0);
             report.damaged_regions += scan.damaged.len() as u64;
+            report.records += counts.records;
             for (at, len) in &scan.damaged {
                 tracing::error!(path = %path.display(), offset = at, len, "damaged records in outbox segment");
             }
-            id_next = id_next.max(segment.id() + 1);
-            let index = segments.len();
-            let mut live = 0;
-            for &at in &scan.records {
-                let r = segment.record(at).expect("scanned records are intact");
-                report.records += 1;
-                let Some(&slot) = slot_of.get(&r.session) else {
-                    // The session table lost this session's slot: no peer to deliver to.
-                    tracing::error!(session = %r.session, seq = r.seq.0, "outbox record of an unknown session");
-                    continue;
-                };
-                if r.seq <= sessions.get(slot).a {
-                    continue; // acknowledged before the restart
-                }
-                let space = record::space(r.payload.len());
-                if found
-                    .entry(slot)
-                    .or_default()
-                    .insert(r.seq.0, (index, at, space))
-                    .is_none()
-                {
-                    live += 1;
-                }
+            if counts.orphans > 0 {
+                // The session table lost these sessions' slots: no peer to deliver to.
+                tracing::error!(path = %path.display(), records = counts.orphans, "outbox records of unknown sessions");
             }
+            id_next = id_next.max(segment.id() + 1);
             segments.push(Some(Held {
                 synced: segment.end(),
                 segment,
-                live,
+                live: counts.live,
                 resetting: false,
             }));
         }
 
         let mut sessions = sessions;
+        let views: Vec<Option<Bytes>> = segments
+            .iter()
+            .map(|h| h.as_ref().map(|h| h.segment.view()))
+            .collect();
         let mut messages = HashMap::new();
         let mut peer_bytes = vec![0; PEERS_MAX];
         for slot in sessions.slots().collect::<Vec<_>>() {
             let entry = sessions.get(slot);
-            let records = found.remove(&slot).unwrap_or_default();
-            let seq_max = records.keys().copied().max().unwrap_or(0);
+            let mut records = found.remove(&slot).unwrap_or_default();
+            // Sorted runs, one per segment (appends are in seq order): the stable sort merges
+            // them in about one pass.
+            records.sort_by_key(|r| r.0);
+            let seq_max = records.last().map_or(0, |r| r.0);
             let next = entry.b.0.max(seq_max + 1).max(entry.a.0 + 1);
             if next != entry.b.0 {
                 sessions.set_b(slot, Seq(next));
             }
             let mut list = Vec::with_capacity((next - entry.a.0 - 1) as usize);
             let mut bytes = 0;
+            let mut records = records.into_iter().peekable();
             for seq in entry.a.0 + 1..next {
-                let stored = records.get(&seq).map(|&(index, at, space)| {
-                    let held = segments[index].as_ref().expect("scanned segment");
-                    bytes += space as u64;
-                    let payload = held.segment.payload(at).expect("scanned record");
-                    let stored = Stored {
-                        segment: index as u32,
-                        space: space as u32,
+                let mut stored = None;
+                while let Some(&(s, index, at, total)) = records.peek() {
+                    if s > seq {
+                        break;
+                    }
+                    records.next();
+                    if s < seq || stored.is_some() {
+                        // The same seq twice cannot be written; keep the first, free the other.
+                        if let Some(held) = segments[index as usize].as_mut() {
+                            held.live -= 1;
+                        }
+                        continue;
+                    }
+                    let space = total.next_multiple_of(record::RECORD_ALIGN as u32);
+                    bytes += u64::from(space);
+                    let view = views[index as usize].as_ref().expect("scanned segment");
+                    let payload = view.slice(segment::payload_range(at, total));
+                    let stored_at = Stored {
+                        segment: index,
+                        space,
                         slot: slot as u32,
                     };
-                    (payload, stored)
-                });
+                    stored = Some((payload, stored_at));
+                }
                 if stored.is_none() {
                     report.lost += 1;
                 } else {
@@ -283,6 +290,7 @@ impl ShardOutbox {
                 peer_bytes[slot] = bytes;
             }
         }
+        drop(views);
         if report.lost > 0 {
             tracing::error!(
                 lost = report.lost,
@@ -587,6 +595,107 @@ impl std::fmt::Debug for Appender<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Appender").finish_non_exhaustive()
     }
+}
+
+/// What one segment's scan counted.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    records: u64,
+    /// Unacknowledged records of known sessions.
+    live: u64,
+    /// Records of sessions the table does not know.
+    orphans: u64,
+}
+
+/// An unacknowledged record: (seq, segment index, offset, total_len).
+type Found = (u64, u32, u32, u32);
+
+type Opened = Result<(Segment, Scan, Counts), OpenError>;
+
+/// Opens and scans `paths`, spread over the machine's cores in contiguous chunks. Returns each
+/// file's result in `paths` order, and per session-table slot the unacknowledged records
+/// (those above the slot's acknowledged seq), in path order.
+fn scan_all(
+    paths: &[PathBuf],
+    targets: &HashMap<SessionId, (usize, Seq)>,
+) -> (Vec<Opened>, HashMap<usize, Vec<Found>>) {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(paths.len())
+        .max(1);
+    let chunk = paths.len().div_ceil(threads).max(1);
+    let mut opened = Vec::with_capacity(paths.len());
+    let mut found: HashMap<usize, Vec<Found>> = HashMap::new();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = paths
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| scope.spawn(move || scan_chunk(part, c * chunk, targets)))
+            .collect();
+        for worker in workers {
+            let (results, by_slot) = worker.join().expect("segment scan panicked");
+            opened.extend(results);
+            for (slot, mut records) in by_slot {
+                found.entry(slot).or_default().append(&mut records);
+            }
+        }
+    });
+    (opened, found)
+}
+
+fn scan_chunk(
+    paths: &[PathBuf],
+    first_index: usize,
+    targets: &HashMap<SessionId, (usize, Seq)>,
+) -> (Vec<Opened>, HashMap<usize, Vec<Found>>) {
+    let mut by_slot: HashMap<usize, Vec<Found>> = HashMap::new();
+    let results = paths
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let index = (first_index + i) as u32;
+            let mut counts = Counts::default();
+            // Records come in runs of one session: look each session up once per run.
+            let mut run: Option<(SessionId, Option<(usize, Seq)>)> = None;
+            // The records of the current run's slot, moved into `by_slot` when the run ends.
+            let mut current: Option<(usize, Vec<Found>)> = None;
+            let opened = Segment::open_with(path, |r| {
+                counts.records += 1;
+                let target = match run {
+                    Some((session, target)) if session == r.session => target,
+                    _ => {
+                        let target = targets.get(&r.session).copied();
+                        run = Some((r.session, target));
+                        target
+                    }
+                };
+                let Some((slot, acked)) = target else {
+                    counts.orphans += 1;
+                    return;
+                };
+                if r.seq <= acked {
+                    return; // acknowledged before the restart
+                }
+                counts.live += 1;
+                let found = (r.seq.0, index, r.at, r.total);
+                match &mut current {
+                    Some((s, records)) if *s == slot => records.push(found),
+                    _ => {
+                        if let Some((s, mut records)) = current.take() {
+                            by_slot.entry(s).or_default().append(&mut records);
+                        }
+                        current = Some((slot, vec![found]));
+                    }
+                }
+            });
+            if let Some((s, mut records)) = current {
+                by_slot.entry(s).or_default().append(&mut records);
+            }
+            let (segment, scan) = opened?;
+            Ok((segment, scan, counts))
+        })
+        .collect();
+    (results, by_slot)
 }
 
 /// The directory of shard `shard`'s outbox under `root`.

@@ -157,6 +157,8 @@ struct DurableState {
     released: Vec<Stored>,
     acked: Vec<(usize, Seq)>,
     last_sync: Instant,
+    /// Watermarks stored since the last sync.
+    received_dirty: bool,
 }
 
 /// What a session keeps with each unacknowledged message.
@@ -261,6 +263,7 @@ impl Shard {
                     released: Vec::new(),
                     acked: Vec::new(),
                     last_sync: now,
+                    received_dirty: false,
                 }),
             },
         }
@@ -663,6 +666,7 @@ impl ShardEvents<'_> {
         else {
             return;
         };
+        durable.received_dirty = true;
         if *stored == session {
             durable.received.set_a(*slot, seq);
         } else {
@@ -1450,10 +1454,22 @@ impl State {
             SyncPolicy::Always => true,
             SyncPolicy::Interval(every) => self.now >= durable.last_sync + every,
         };
-        if !due || durable.outbox.has_failed() || !durable.outbox.is_dirty() {
+        if !due {
             return;
         }
         durable.last_sync = self.now;
+        if durable.received_dirty {
+            // Watermarks go to disk before this turn's ACKs go out, so a sender never trims a
+            // message whose delivery a power loss could make this node forget.
+            durable.received_dirty = false;
+            if let Err(e) = durable.received.sync() {
+                self.counters.outbox_sync_failures += 1;
+                tracing::error!(error = %e, "syncing the delivered watermarks failed");
+            }
+        }
+        if durable.outbox.has_failed() || !durable.outbox.is_dirty() {
+            return;
+        }
         self.counters.outbox_syncs += 1;
         if durable.outbox.sync().is_err() {
             self.counters.outbox_sync_failures += 1;
