@@ -4,9 +4,13 @@
 # docs/benchmarks.md: medians, ratios to each baseline, the bars, the machine, the exact
 # commands and the charts (docs/bench/*.svg).
 #
+# Also the durable outbox (ringwire only): the 64 B throughput run without an outbox, with one
+# synced `none` and `always`, and the time to recover a 1 GiB outbox (bench's `recovery`).
+#
 # Usage: scripts/bench-report.sh            (RUNS=3 DURATION=5s WARMUP=1s by default)
 #        RUNS=5 DURATION=10s scripts/bench-report.sh
 #        ONLY=tp64 scripts/bench-report.sh  (one workload, for a quick look; still rewrites the doc)
+#        ONLY=dur64 / ONLY=recovery         (the outbox rows only)
 #
 # Runs are interleaved (run 1 of every workload and stack, then run 2, ...) so that a slow
 # patch of the machine does not land on one stack only. Every command is bounded by `timeout`.
@@ -25,6 +29,8 @@ echo "building release binaries..." >&2
 cargo build --release --quiet -p loadgen -p ringwire-bench --bins
 LOADGEN=target/release/loadgen
 BASELINE=target/release/baseline
+RECOVERY=target/release/recovery
+OUTBOX=target/bench-outbox
 
 # name|flags — the workloads of the report.
 WORKLOADS=(
@@ -35,6 +41,33 @@ WORKLOADS=(
   "fanin|--mode fanin --size 64 --conns 1000"
 )
 STACKS=(ringwire std tokio tokio-uring)
+# variant|flags — the durable outbox rows, all 64 B throughput through loadgen.
+DURABLE=(
+  "memory|--mode throughput --size 64"
+  "outbox-none|--mode throughput --size 64 --outbox $OUTBOX --sync none"
+  "outbox-always|--mode throughput --size 64 --outbox $OUTBOX --sync always"
+)
+# variant|flags — recovery of 1 GiB of records.
+RECOVERIES=(
+  "1k|--bytes 1GiB --size 1024 --dir target/bench-recovery"
+  "64|--bytes 1GiB --size 64 --dir target/bench-recovery"
+)
+
+run_one() { # name variant run command... -> runs it bounded, keeps the JSON if it succeeded
+  local name=$1 variant=$2 run=$3
+  shift 3
+  local json="$RAW/$name.$variant.$run.json"
+  [[ $run == 1 ]] && echo "$name|$variant|$*" >> "$RAW/commands.txt"
+  echo "run $run/$RUNS  $name  $variant" >&2
+  set +e
+  timeout 300 "$@" --json "$json" > "$RAW/$name.$variant.$run.log" 2>&1
+  local status=$?
+  set -e
+  if [[ $status != 0 ]]; then
+    echo "  failed (exit $status): $(tail -n 3 "$RAW/$name.$variant.$run.log")" >&2
+    rm -f "$json"
+  fi
+}
 
 command_for() { # stack flags -> the command line
   local stack=$1 flags=$2
@@ -71,7 +104,20 @@ for run in $(seq 1 "$RUNS"); do
       fi
     done
   done
+  if [[ -z $ONLY || $ONLY == dur64 ]]; then
+    for entry in "${DURABLE[@]}"; do
+      # shellcheck disable=SC2086
+      run_one dur64 "${entry%%|*}" "$run" $LOADGEN run ${entry#*|} --duration "$DURATION" --warmup "$WARMUP"
+    done
+  fi
+  if [[ -z $ONLY || $ONLY == recovery ]]; then
+    for entry in "${RECOVERIES[@]}"; do
+      # shellcheck disable=SC2086
+      run_one recovery "${entry%%|*}" "$run" $RECOVERY ${entry#*|}
+    done
+  fi
 done
+rm -rf "$OUTBOX" target/bench-recovery
 
 python3 scripts/bench_report.py "$RAW" "$LOADGEN" "$RUNS" "$DURATION" "$WARMUP"
 echo "wrote docs/benchmarks.md (raw results in $RAW)" >&2

@@ -55,7 +55,7 @@ pub(crate) fn write(dst: &mut [u8], session: SessionId, seq: Seq, payload: &[u8]
     dst[8..24].copy_from_slice(session.0.as_bytes());
     dst[24..32].copy_from_slice(&seq.0.to_le_bytes());
     dst[RECORD_HEADER_LEN..total].copy_from_slice(payload);
-    let crc = crc32c::crc32c(&dst[8..total]);
+    let crc = checksum(&dst[8..total]);
     dst[4..8].copy_from_slice(&crc.to_le_bytes());
     dst[0..4].copy_from_slice(&total_u32.to_le_bytes());
     used
@@ -78,7 +78,7 @@ pub(crate) fn read(src: &[u8]) -> Result<(Record<'_>, usize), Invalid> {
         return Err(Invalid::BadLength);
     }
     let crc = word(4).expect("total >= header");
-    if crc32c::crc32c(&src[8..total]) != crc {
+    if checksum(&src[8..total]) != crc {
         return Err(Invalid::BadChecksum);
     }
     let session = uuid::Uuid::from_bytes(src[8..24].try_into().unwrap());
@@ -92,6 +92,35 @@ pub(crate) fn read(src: &[u8]) -> Result<(Record<'_>, usize), Invalid> {
         },
         used,
     ))
+}
+
+/// CRC32C of `data`. Records are mostly small, where one `crc32` instruction per 8 bytes in a
+/// plain loop beats the `crc32c` crate's three-stream kernel (about 9 ns against 20 ns for a
+/// 64-byte payload on the development machine); large ones go to the crate.
+pub(crate) fn checksum(data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if data.len() < 512 && std::arch::is_x86_feature_detected!("sse4.2") {
+        // SAFETY: the CPU has SSE4.2, checked just above.
+        return unsafe { checksum_sse42(data) };
+    }
+    crc32c::crc32c(data)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+fn checksum_sse42(data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u64};
+    let words = data.chunks_exact(8);
+    let tail = words.remainder();
+    let mut crc = u64::from(u32::MAX);
+    for word in words {
+        crc = _mm_crc32_u64(crc, u64::from_le_bytes(word.try_into().expect("8 bytes")));
+    }
+    let mut crc = crc as u32;
+    for &byte in tail {
+        crc = _mm_crc32_u8(crc, byte);
+    }
+    !crc
 }
 
 #[cfg(test)]
@@ -118,6 +147,21 @@ mod tests {
             assert_eq!(record.seq, Seq(42));
             assert_eq!(record.payload, &payload[..]);
             assert_eq!(read(&buf[used..]), Err(Invalid::Empty));
+        }
+    }
+
+    #[test]
+    fn the_short_checksum_agrees_with_the_crate() {
+        let data: Vec<u8> = (0..2000u32).map(|i| (i * 7 + 3) as u8).collect();
+        for len in [0, 1, 7, 8, 9, 88, 511, 512, 513, 1995] {
+            for start in [0, 1, 5] {
+                let slice = &data[start..start + len];
+                assert_eq!(
+                    checksum(slice),
+                    crc32c::crc32c(slice),
+                    "len {len} at {start}"
+                );
+            }
         }
     }
 
