@@ -28,8 +28,12 @@
 //!   bytes and timer ticks in and out of it. See `docs/architecture.md` and
 //!   `docs/protocol.md`.
 //!
-//! In this version unacknowledged messages live in memory: they survive dropped links and
-//! peer restarts, not a crash of this process (the durable outbox is the next step).
+//! * With [`Config::outbox_dir`], every accepted message is written to a memory-mapped segment
+//!   file before `publish` returns and kept until acknowledged; sessions and delivered
+//!   watermarks persist too, so delivery stays exactly once (one documented exception per
+//!   receiver crash) across crashes of either process. [`SyncPolicy`] says what survives a
+//!   machine crash. Without it, unacknowledged messages live in memory: they survive dropped
+//!   links and peer restarts, not a crash of this process. See `docs/durability.md`.
 //!
 //! # Example
 //!
