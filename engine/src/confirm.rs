@@ -12,6 +12,7 @@ use crate::error::Error;
 const PENDING: u8 = 0;
 const ACKED: u8 = 1;
 const FAILED: u8 = 2;
+const SYNC_FAILED: u8 = 3;
 
 /// Completion slot shared between a [`Confirm`] future and the shard holding the message.
 #[derive(Debug)]
@@ -36,6 +37,11 @@ impl ConfirmSlot {
     /// The engine shut down before the peer acknowledged the message.
     pub(crate) fn fail(&self) {
         self.finish(FAILED);
+    }
+
+    /// An outbox sync failed before this message's record was known to be on disk.
+    pub(crate) fn fail_sync(&self) {
+        self.finish(SYNC_FAILED);
     }
 
     fn finish(&self, state: u8) {
@@ -97,6 +103,7 @@ impl Future for Confirm {
         let check = |slot: &ConfirmSlot| match slot.state.load(Ordering::Acquire) {
             ACKED => Some(Ok(id)),
             FAILED => Some(Err(Error::ShuttingDown)),
+            SYNC_FAILED => Some(Err(Error::OutboxFailed)),
             _ => None,
         };
         if let Some(result) = check(slot) {

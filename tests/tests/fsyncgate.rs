@@ -154,7 +154,9 @@ fn after_a_failed_sync_nothing_written_since_is_ever_confirmed() {
         matches!(refused, Err(Error::OutboxFailed)),
         "a message written before a failed sync is not confirmed: {refused:?}"
     );
-    wait_until("the failure counted", || a.stats().outbox_sync_failures >= 1);
+    wait_until("the failure counted", || {
+        a.stats().outbox_sync_failures >= 1
+    });
     assert!(matches!(
         to_b.publish(payload(2, 64)),
         Err(Error::OutboxFailed)

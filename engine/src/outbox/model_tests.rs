@@ -252,11 +252,12 @@ impl World {
 
     fn ack(&mut self) {
         // The receiver acknowledges its watermark, which covers only what reached it.
+        let slot = self.sender.slot as u32;
         let mut released = Vec::new();
         let acked = self.receiver.rx.seq_delivered();
         self.sender
             .tx
-            .handle_ack(acked, |_, e| released.extend(e.token))
+            .handle_ack(acked, |_, e| released.extend(e.token.map(|s| (slot, s))))
             .unwrap();
         let seq = self.sender.tx.seq_acked();
         self.sender
@@ -273,11 +274,14 @@ impl World {
     fn connect(&mut self) {
         // HELLO both ways: the sender resumes after the receiver's watermark of its session,
         // the receiver learns the sender's session and first held seq.
+        let slot = self.sender.slot as u32;
         let mut released = Vec::new();
         let (rx_id, delivered) = (self.receiver.rx.id(), self.receiver.rx.seq_delivered());
         self.sender
             .tx
-            .resume(rx_id, delivered, |_, e| released.extend(e.token))
+            .resume(rx_id, delivered, |_, e| {
+                released.extend(e.token.map(|s| (slot, s)))
+            })
             .unwrap();
         let seq = self.sender.tx.seq_acked();
         self.sender

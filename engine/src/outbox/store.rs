@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,13 +30,23 @@ use crate::proto::{Seq, SessionId};
 /// Peers one shard's session table holds.
 pub(crate) const PEERS_MAX: usize = 4096;
 
-/// Where a record lies: the segment's index in the outbox, the space the record takes, and
-/// its peer's slot in the session table.
+/// Where a record lies: the segment's index in the outbox and the space the record takes.
+///
+/// Eight bytes, and `Option<Stored>` too (`space` is never zero): it rides along with every
+/// queued and unacknowledged message, so its size is on the hot path even without an outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stored {
     pub segment: u32,
-    pub space: u32,
-    pub slot: u32,
+    pub space: NonZeroU32,
+}
+
+impl Stored {
+    fn new(segment: usize, space: usize) -> Stored {
+        Stored {
+            segment: segment as u32,
+            space: NonZeroU32::new(space as u32).expect("a record takes space"),
+        }
+    }
 }
 
 /// Why an append failed.
@@ -268,11 +279,7 @@ impl ShardOutbox {
                     bytes += u64::from(space);
                     let view = views[index as usize].as_ref().expect("scanned segment");
                     let payload = view.slice(segment::payload_range(at, total));
-                    let stored_at = Stored {
-                        segment: index,
-                        space,
-                        slot: slot as u32,
-                    };
+                    let stored_at = Stored::new(index as usize, space as usize);
                     stored = Some((payload, stored_at));
                 }
                 if stored.is_none() {
@@ -357,13 +364,14 @@ impl ShardOutbox {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// The shard's releases after ACKs: records no longer needed, and each peer's new
-    /// acknowledged seq. Segments left without live records are reset and reused.
-    pub(crate) fn release(&self, records: &[Stored], acked: &[(usize, Seq)]) {
+    /// The shard's releases after ACKs: records no longer needed with their peers' slots, and
+    /// each peer's new acknowledged seq. Segments left without live records are reset and
+    /// reused.
+    pub(crate) fn release(&self, records: &[(u32, Stored)], acked: &[(usize, Seq)]) {
         let mut guard = self.lock_inner();
         let inner = &mut *guard;
-        for stored in records {
-            inner.peer_bytes[stored.slot as usize] -= u64::from(stored.space);
+        for &(slot, stored) in records {
+            inner.peer_bytes[slot as usize] -= u64::from(stored.space.get());
             if let Some(held) = inner.segments[stored.segment as usize].as_mut() {
                 held.live -= 1;
                 if held.live == 0 && inner.active != Some(stored.segment as usize) {
@@ -540,11 +548,7 @@ impl Appender<'_> {
             .expect("free space checked");
         held.live += 1;
         self.inner.peer_bytes[slot] += space as u64;
-        Ok(Stored {
-            segment: index as u32,
-            space: space as u32,
-            slot: slot as u32,
-        })
+        Ok(Stored::new(index, space))
     }
 
     /// Records the next seq a peer's session will assign: one store into the session table.

@@ -154,7 +154,7 @@ struct DurableState {
     received: Watermarks,
     /// Records acknowledged this turn, and the peers whose acknowledged seq moved; handed to
     /// the outbox once per turn.
-    released: Vec<Stored>,
+    released: Vec<(u32, Stored)>,
     acked: Vec<(usize, Seq)>,
     last_sync: Instant,
     /// Watermarks stored since the last sync.
@@ -717,8 +717,13 @@ impl Events<Token> for ShardEvents<'_> {
         if let Some(confirm) = entry.token.confirm {
             confirm.complete();
         }
-        if let (Some(stored), Some(durable)) = (entry.token.stored, self.durable.as_deref_mut()) {
-            durable.released.push(stored);
+        if let (Some(stored), Some(durable), Some(d)) = (
+            entry.token.stored,
+            self.durable.as_deref_mut(),
+            &self.peer.shared.durable,
+        ) && let Ok(slot) = d.slot
+        {
+            durable.released.push((slot as u32, stored));
         }
     }
 }
@@ -778,14 +783,20 @@ impl State {
             return;
         };
         let tx = &mut ps.sessions.tx;
+        // After a failed sync nothing written since the last good one may be confirmed, and a
+        // record still in the queue may have been written after the failed sync's snapshot.
+        let sync_failed = self.durable.as_ref().is_some_and(|d| d.outbox.has_failed());
         let mut count = 0;
         while count < DRAIN_BUDGET
             && tx.unacked_count() < self.config.unacked_count_max
             && tx.unacked_payload_len() < self.config.unacked_bytes_max
         {
-            let Some((position, outgoing)) = ps.shared.queue.pop() else {
+            let Some((position, mut outgoing)) = ps.shared.queue.pop() else {
                 break;
             };
+            if sync_failed && let Some(confirm) = outgoing.confirm.take() {
+                confirm.fail_sync();
+            }
             let token = Token {
                 confirm: outgoing.confirm,
                 stored: outgoing.stored,
@@ -1478,7 +1489,7 @@ impl State {
             for (_, ps) in &mut self.peers {
                 ps.sessions.tx.for_each_token(|token: &mut Token| {
                     if let Some(confirm) = token.confirm.take() {
-                        confirm.fail();
+                        confirm.fail_sync();
                     }
                 });
             }
