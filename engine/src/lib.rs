@@ -247,11 +247,7 @@ impl Peer {
             Some(durable) => self.shared.push_durable(durable, payload, confirm)?,
             None => self
                 .shared
-                .push(Outgoing {
-                    payload,
-                    confirm,
-                    stored: None,
-                })
+                .push(Outgoing { payload, confirm })
                 .map_err(|back| Error::Backpressure(back.payload))?,
         };
         Ok(MessageId {
@@ -274,6 +270,7 @@ impl Peer {
     /// The highest sequence number the peer has acknowledged (as last published by the shard).
     pub fn seq_acked(&self) -> u64 {
         self.shared
+            .published
             .seq_acked
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -506,13 +503,13 @@ impl Engine {
             .iter()
             .map(|p| PeerStats {
                 node_id: p.node_id.to_string(),
-                connected: p.connected.load(Relaxed),
-                rtt: match p.srtt_ns.load(Relaxed) {
+                connected: p.published.connected.load(Relaxed),
+                rtt: match p.published.srtt_ns.load(Relaxed) {
                     0 => None,
                     ns => Some(Duration::from_nanos(ns)),
                 },
-                seq_acked: p.seq_acked.load(Relaxed),
-                seq_delivered: p.seq_delivered.load(Relaxed),
+                seq_acked: p.published.seq_acked.load(Relaxed),
+                seq_delivered: p.published.seq_delivered.load(Relaxed),
                 queued: p.queue.len(),
             })
             .collect();
@@ -552,9 +549,11 @@ impl Engine {
             .all()
             .iter()
             .map(|p| {
-                p.queue
-                    .pushed()
-                    .saturating_sub(p.seq_acked.load(std::sync::atomic::Ordering::Relaxed))
+                p.queue.pushed().saturating_sub(
+                    p.published
+                        .seq_acked
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                )
             })
             .sum();
         if unacked > 0 {
@@ -683,7 +682,6 @@ pub mod internals {
         Outgoing {
             payload,
             confirm: None,
-            stored: None,
         }
     }
 

@@ -23,7 +23,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::confirm::ConfirmSlot;
 use crate::error::Error;
-use crate::outbox::store::{AppendError, ShardOutbox, Stored};
+use crate::outbox::store::{AppendError, ShardOutbox};
 use crate::proto::handshake::HelloInfo;
 use crate::proto::{Seq, SessionId};
 use crate::sync::{AtomicBool, AtomicU64, Ordering, UnsafeCell};
@@ -50,8 +50,6 @@ pub(crate) fn owner(node_id: &str, shard_count: usize) -> ShardId {
 pub struct Outgoing {
     pub(crate) payload: Bytes,
     pub(crate) confirm: Option<Arc<ConfirmSlot>>,
-    /// Where its outbox record lies, when the engine has an outbox.
-    pub(crate) stored: Option<Stored>,
 }
 
 /// A peer's link to its shard's outbox.
@@ -79,7 +77,14 @@ pub(crate) struct PeerShared {
     /// Set while the peer sits on its shard's ready list.
     pub notified: AtomicBool,
     pub mailbox: Arc<Mailbox>,
-    // Published by the shard for `stats()`; relaxed, read-only elsewhere.
+    /// Published by the shard for `stats()` after every receive; on a cache line of its own
+    /// so that those stores do not evict what every `publish` reads.
+    pub published: CachePadded<Published>,
+}
+
+/// A peer's state as its shard last published it: relaxed, read-only outside the shard.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
     pub connected: AtomicBool,
     pub srtt_ns: AtomicU64,
     pub seq_acked: AtomicU64,
@@ -120,8 +125,8 @@ impl PeerShared {
             return Err(Error::Backpressure(payload));
         }
         let seq = Seq(self.queue.pushed() + 1);
-        let stored = match appender.append(slot, self.tx_session, seq, &payload) {
-            Ok(stored) => stored,
+        match appender.append(slot, self.tx_session, seq, &payload) {
+            Ok(()) => {}
             Err(AppendError::Full { disk }) => {
                 return Err(Error::OutboxFull {
                     payload,
@@ -131,13 +136,9 @@ impl PeerShared {
             Err(AppendError::PeerFull) => return Err(Error::Backpressure(payload)),
             Err(AppendError::Failed) => return Err(Error::OutboxFailed),
             Err(AppendError::Io(e)) => return Err(Error::io("creating an outbox segment", e)),
-        };
+        }
         appender.set_next(slot, seq.next());
-        let position = self.queue.push_exclusive(Outgoing {
-            payload,
-            confirm,
-            stored: Some(stored),
-        });
+        let position = self.queue.push_exclusive(Outgoing { payload, confirm });
         drop(appender);
         debug_assert_eq!(position + 1, seq.0);
         self.notify();
@@ -310,10 +311,7 @@ impl Registry {
                 durable,
                 notified: AtomicBool::new(false),
                 mailbox: Arc::clone(&mailboxes[shard.0]),
-                connected: AtomicBool::new(false),
-                srtt_ns: AtomicU64::new(0),
-                seq_acked: AtomicU64::new(0),
-                seq_delivered: AtomicU64::new(0),
+                published: CachePadded::default(),
                 node_id,
             })
         }))
@@ -513,7 +511,6 @@ mod tests {
         Outgoing {
             payload: Bytes::copy_from_slice(&n.to_le_bytes()),
             confirm: None,
-            stored: None,
         }
     }
 

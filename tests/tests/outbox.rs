@@ -231,7 +231,8 @@ fn a_full_outbox_refuses_new_messages_and_frees_up_as_the_peer_acknowledges() {
     let refused = loop {
         match to_b.publish(payload(accepted, 64)) {
             Ok(_) => accepted += 1,
-            Err(Error::Backpressure(_)) => panic!("the peer queue should not be the limit"),
+            // The shard has not yet taken the queued messages: transient, unlike a full outbox.
+            Err(Error::Backpressure(_)) => std::thread::yield_now(),
             Err(e) => break e,
         }
     };
@@ -320,6 +321,8 @@ fn a_full_disk_fails_publish_and_loses_nothing_accepted() {
     let refused = loop {
         match to_b.publish(payload(accepted, 64)) {
             Ok(_) => accepted += 1,
+            // The shard has not yet taken the queued messages: transient, unlike a full outbox.
+            Err(Error::Backpressure(_)) => std::thread::yield_now(),
             Err(e) => break e,
         }
     };

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,25 +28,6 @@ use crate::proto::{Seq, SessionId};
 
 /// Peers one shard's session table holds.
 pub(crate) const PEERS_MAX: usize = 4096;
-
-/// Where a record lies: the segment's index in the outbox and the space the record takes.
-///
-/// Eight bytes, and `Option<Stored>` too (`space` is never zero): it rides along with every
-/// queued and unacknowledged message, so its size is on the hot path even without an outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stored {
-    pub segment: u32,
-    pub space: NonZeroU32,
-}
-
-impl Stored {
-    fn new(segment: usize, space: usize) -> Stored {
-        Stored {
-            segment: segment as u32,
-            space: NonZeroU32::new(space as u32).expect("a record takes space"),
-        }
-    }
-}
 
 /// Why an append failed.
 #[derive(Debug)]
@@ -73,12 +53,12 @@ pub(crate) struct SessionState {
     pub next: Seq,
 }
 
-/// One unacknowledged message found at start: its payload (a view into the segment) or `None`
+/// One unacknowledged message found at start: its payload (a view into the segment), or `None`
 /// when its record was lost to damage.
 #[derive(Debug)]
 pub(crate) struct RecoveredMessage {
     pub seq: Seq,
-    pub stored: Option<(Bytes, Stored)>,
+    pub payload: Option<Bytes>,
 }
 
 /// What recovery found and did, for the API, the metrics and the logs.
@@ -141,26 +121,40 @@ pub(crate) struct ShardOutbox {
     inner: SpinLock<Inner>,
 }
 
+/// Trimming works on sequence numbers, not on records: each segment remembers, per peer, the
+/// highest seq it holds (its *marks*), and it is free once every peer in it has acknowledged
+/// up to its mark. So nothing per message travels with the queued and unacknowledged messages,
+/// and an ACK costs the outbox one store per peer per turn.
 #[derive(Debug)]
 struct Inner {
-    /// By index; an index stays the segment's while it lives (tokens refer to it).
+    /// By index; an index stays the segment's while it lives.
     segments: Vec<Option<Held>>,
     active: Option<usize>,
     /// Empty, reset segments ready to become active.
     spare: Vec<usize>,
-    /// Segments with no live record still waiting for their payload views to go.
+    /// No longer active, waiting for their peers to acknowledge their marks.
+    sealed: Vec<usize>,
+    /// Fully acknowledged, waiting to be reset (or for their payload views to go).
     drained: Vec<usize>,
     id_next: u64,
     sessions: Watermarks,
-    /// Record space of each peer's unacknowledged messages, by session-table slot.
+    /// By session-table slot: the segment the peer last appended to (`NO_SEGMENT` if it has
+    /// not since that segment was sealed) and the seq appended there last; sealed segments
+    /// carry the same in their `marks`.
+    current: Vec<(u32, u64)>,
+    /// By slot: the acknowledged seq.
+    acked: Vec<u64>,
+    /// By slot: record space of the peer's unacknowledged messages.
     peer_bytes: Vec<u64>,
 }
+
+const NO_SEGMENT: u32 = u32::MAX;
 
 #[derive(Debug)]
 struct Held {
     segment: Segment,
-    /// Unacknowledged records in it.
-    live: u64,
+    /// (slot, highest seq of that peer in this segment), complete once sealed.
+    marks: Vec<(u32, u64)>,
     /// Bytes up to which it is known to be on disk.
     synced: usize,
     /// Being zeroed outside the lock (see `ShardOutbox::recycle`).
@@ -235,7 +229,7 @@ impl ShardOutbox {
             segments.push(Some(Held {
                 synced: segment.end(),
                 segment,
-                live: counts.live,
+                marks: Vec::new(),
                 resetting: false,
             }));
         }
@@ -247,8 +241,10 @@ impl ShardOutbox {
             .collect();
         let mut messages = HashMap::new();
         let mut peer_bytes = vec![0; PEERS_MAX];
+        let mut acked = vec![0; PEERS_MAX];
         for slot in sessions.slots().collect::<Vec<_>>() {
             let entry = sessions.get(slot);
+            acked[slot] = entry.a.0;
             let mut records = found.remove(&slot).unwrap_or_default();
             // Sorted runs, one per segment (appends are in seq order): the stable sort merges
             // them in about one pass.
@@ -261,36 +257,40 @@ impl ShardOutbox {
             let mut list = Vec::with_capacity((next - entry.a.0 - 1) as usize);
             let mut bytes = 0;
             let mut records = records.into_iter().peekable();
+            // The highest seq of this peer in each segment: the segment's mark for it.
+            let mut marks: HashMap<u32, u64> = HashMap::new();
             for seq in entry.a.0 + 1..next {
-                let mut stored = None;
+                let mut payload = None;
                 while let Some(&(s, index, at, total)) = records.peek() {
                     if s > seq {
                         break;
                     }
                     records.next();
-                    if s < seq || stored.is_some() {
-                        // The same seq twice cannot be written; keep the first, free the other.
-                        if let Some(held) = segments[index as usize].as_mut() {
-                            held.live -= 1;
-                        }
-                        continue;
+                    let mark = marks.entry(index).or_default();
+                    *mark = (*mark).max(s);
+                    if s < seq || payload.is_some() {
+                        continue; // the same seq twice cannot be written; keep the first
                     }
-                    let space = total.next_multiple_of(record::RECORD_ALIGN as u32);
-                    bytes += u64::from(space);
+                    bytes += u64::from(total.next_multiple_of(record::RECORD_ALIGN as u32));
                     let view = views[index as usize].as_ref().expect("scanned segment");
-                    let payload = view.slice(segment::payload_range(at, total));
-                    let stored_at = Stored::new(index as usize, space as usize);
-                    stored = Some((payload, stored_at));
+                    payload = Some(view.slice(segment::payload_range(at, total)));
                 }
-                if stored.is_none() {
+                if payload.is_none() {
                     report.lost += 1;
+                    // Acknowledged like any message, and counted like an empty one then.
+                    bytes += record::space(0) as u64;
                 } else {
                     report.unacked += 1;
                 }
                 list.push(RecoveredMessage {
                     seq: Seq(seq),
-                    stored,
+                    payload,
                 });
+            }
+            for (index, mark) in marks {
+                if let Some(held) = segments[index as usize].as_mut() {
+                    held.marks.push((slot as u32, mark));
+                }
             }
             if !list.is_empty() {
                 messages.insert(slot, list);
@@ -314,17 +314,21 @@ impl ShardOutbox {
             peer_bytes_max: peer_bytes_max as u64,
             failed: AtomicBool::new(false),
             inner: SpinLock::new(Inner {
-                drained: (0..segments.len()).collect(),
+                sealed: (0..segments.len()).collect(),
+                drained: Vec::new(),
                 segments,
                 active: None,
                 spare: Vec::new(),
                 id_next,
                 sessions,
+                current: vec![(NO_SEGMENT, 0); PEERS_MAX],
+                acked,
                 peer_bytes,
             }),
         };
-        // Recovered segments are never appended to again; those without live records are
-        // reset now (or once the last view of them goes) and become spares.
+        // Recovered segments are never appended to again; those whose marks are all
+        // acknowledged are reset now (or once the last view of them goes) and become spares.
+        outbox.lock_inner().trim();
         outbox.recycle();
         report.duration = started.elapsed();
         Ok((outbox, Recovered { messages, report }))
@@ -364,26 +368,18 @@ impl ShardOutbox {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// The shard's releases after ACKs: records no longer needed with their peers' slots, and
-    /// each peer's new acknowledged seq. Segments left without live records are reset and
-    /// reused.
-    pub(crate) fn release(&self, records: &[(u32, Stored)], acked: &[(usize, Seq)]) {
-        let mut guard = self.lock_inner();
-        let inner = &mut *guard;
-        for &(slot, stored) in records {
-            inner.peer_bytes[slot as usize] -= u64::from(stored.space.get());
-            if let Some(held) = inner.segments[stored.segment as usize].as_mut() {
-                held.live -= 1;
-                if held.live == 0 && inner.active != Some(stored.segment as usize) {
-                    inner.drained.push(stored.segment as usize);
-                }
-            }
-        }
-        for &(slot, seq) in acked {
+    /// The shard's acknowledgements of a turn: per peer slot, the new acknowledged seq and the
+    /// record space it released. Segments whose marks are all acknowledged are reset and reused.
+    pub(crate) fn release(&self, acked: &[(usize, Seq, u64)]) {
+        let mut inner = self.lock_inner();
+        for &(slot, seq, bytes) in acked {
             inner.sessions.set_a(slot, seq);
+            inner.acked[slot] = inner.acked[slot].max(seq.0);
+            inner.peer_bytes[slot] = inner.peer_bytes[slot].saturating_sub(bytes);
         }
+        inner.trim();
         let drained = !inner.drained.is_empty();
-        drop(guard);
+        drop(inner);
         if drained {
             self.recycle();
         }
@@ -446,8 +442,9 @@ impl ShardOutbox {
     }
 
     /// Resets drained segments whose payload views are gone and makes them spares (a truncated
-    /// segment is deleted instead). The zeroing runs outside the lock: a drained segment has no
-    /// live record, is neither active nor spare, and is marked `resetting`, so nothing else
+    /// segment is deleted instead). The zeroing runs outside the lock: a drained segment holds
+    /// only acknowledged records, is neither active nor spare, and is marked `resetting`, so
+    /// nothing else
     /// touches its record area meanwhile.
     fn recycle(&self) {
         let mut zero = Vec::new();
@@ -459,11 +456,7 @@ impl ShardOutbox {
                 let Some(held) = inner.segments[index].as_mut() else {
                     continue;
                 };
-                if held.live > 0
-                    || held.resetting
-                    || inner.active == Some(index)
-                    || inner.spare.contains(&index)
-                {
+                if held.resetting || inner.active == Some(index) || inner.spare.contains(&index) {
                     continue;
                 }
                 if held.segment.is_shared() {
@@ -496,6 +489,7 @@ impl ShardOutbox {
                     .expect("kept while resetting");
                 held.segment.mark_reset();
                 held.synced = HEADER_LEN;
+                held.marks.clear();
                 held.resetting = false;
                 inner.spare.push(index);
             }
@@ -504,14 +498,15 @@ impl ShardOutbox {
 }
 
 impl Appender<'_> {
-    /// Appends a record; `Ok` means it is in the map (and survives a crash of this process).
+    /// Appends a record of the peer in session-table `slot`; `Ok` means it is in the map (and
+    /// survives a crash of this process).
     pub(crate) fn append(
         &mut self,
         slot: usize,
         session: SessionId,
         seq: Seq,
         payload: &[u8],
-    ) -> Result<Stored, AppendError> {
+    ) -> Result<(), AppendError> {
         if self.outbox.has_failed() {
             return Err(AppendError::Failed);
         }
@@ -534,21 +529,25 @@ impl Appender<'_> {
             _ => {
                 let index = self.next_segment()?;
                 let inner = &mut *self.inner;
-                if let Some(old) = inner.active.replace(index)
-                    && inner.segments[old].as_ref().is_some_and(|h| h.live == 0)
-                {
-                    inner.drained.push(old);
+                if let Some(old) = inner.active.replace(index) {
+                    inner.seal(old);
                 }
                 index
             }
         };
-        let held = self.inner.segments[index].as_mut().expect("active segment");
+        let inner = &mut *self.inner;
+        let held = inner.segments[index].as_mut().expect("active segment");
         held.segment
             .append(session, seq, payload)
             .expect("free space checked");
-        held.live += 1;
-        self.inner.peer_bytes[slot] += space as u64;
-        Ok(Stored::new(index, space))
+        inner.peer_bytes[slot] += space as u64;
+        let current = &mut inner.current[slot];
+        if current.0 == index as u32 {
+            current.1 = seq.0;
+        } else {
+            *current = (index as u32, seq.0);
+        }
+        Ok(())
     }
 
     /// Records the next seq a peer's session will assign: one store into the session table.
@@ -578,7 +577,7 @@ impl Appender<'_> {
         let held = Held {
             synced: segment.end(),
             segment,
-            live: 0,
+            marks: Vec::new(),
             resetting: false,
         };
         let index = match inner.segments.iter().position(Option::is_none) {
@@ -601,12 +600,38 @@ impl std::fmt::Debug for Appender<'_> {
     }
 }
 
+impl Inner {
+    /// `index` stops being active: the peers' current seqs in it become its marks.
+    fn seal(&mut self, index: usize) {
+        let marks = &mut self.segments[index].as_mut().expect("sealed segment").marks;
+        for (slot, current) in self.current.iter_mut().enumerate() {
+            if current.0 == index as u32 {
+                marks.push((slot as u32, current.1));
+                current.0 = NO_SEGMENT;
+            }
+        }
+        self.sealed.push(index);
+    }
+
+    /// Moves sealed segments whose marks are all acknowledged to `drained`.
+    fn trim(&mut self) {
+        let (segments, acked) = (&self.segments, &self.acked);
+        let (free, kept): (Vec<usize>, Vec<usize>) = self.sealed.iter().partition(|&&index| {
+            segments[index].as_ref().is_none_or(|held| {
+                held.marks
+                    .iter()
+                    .all(|&(slot, mark)| acked[slot as usize] >= mark)
+            })
+        });
+        self.sealed = kept;
+        self.drained.extend(free);
+    }
+}
+
 /// What one segment's scan counted.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
     records: u64,
-    /// Unacknowledged records of known sessions.
-    live: u64,
     /// Records of sessions the table does not know.
     orphans: u64,
 }
@@ -680,7 +705,6 @@ fn scan_chunk(
                 if r.seq <= acked {
                     return; // acknowledged before the restart
                 }
-                counts.live += 1;
                 let found = (r.seq.0, index, r.at, r.total);
                 match &mut current {
                     Some((s, records)) if *s == slot => records.push(found),

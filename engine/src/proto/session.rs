@@ -18,9 +18,6 @@ use crate::proto::frame::{Seq, SessionId};
 pub struct TxEntry<T> {
     pub payload: Bytes,
     pub token: T,
-    /// The sender lost this message's content (its outbox record was damaged): a LOST frame
-    /// is sent in its place.
-    pub lost: bool,
 }
 
 /// What [`TxSession::poll_transmit`] hands out.
@@ -40,6 +37,10 @@ pub struct TxSession<T> {
     /// `entries[..cursor]` were written to the current connection.
     cursor: usize,
     payload_len: usize,
+    /// Sequence numbers among `entries` whose content the sender lost (their outbox records
+    /// were damaged), ascending: a LOST frame goes out in their place. Kept apart so that the
+    /// common entry stays small.
+    lost: VecDeque<Seq>,
 }
 
 impl<T> TxSession<T> {
@@ -57,6 +58,7 @@ impl<T> TxSession<T> {
             entries: VecDeque::new(),
             cursor: 0,
             payload_len: 0,
+            lost: VecDeque::new(),
         }
     }
 
@@ -67,26 +69,21 @@ impl<T> TxSession<T> {
     /// If `seq` is out of order: sequence numbers are assigned by one queue, so a gap here is a
     /// bug that would otherwise corrupt the session.
     pub fn push(&mut self, seq: Seq, payload: Bytes, token: T) {
-        self.push_entry(
-            seq,
-            TxEntry {
-                payload,
-                token,
-                lost: false,
-            },
-        );
-    }
-
-    /// Appends an entry (one recovered from an outbox, possibly lost); as [`TxSession::push`].
-    pub fn push_entry(&mut self, seq: Seq, entry: TxEntry<T>) {
         assert_eq!(
             seq,
             self.seq_next(),
             "tx session {} pushed out of order",
             self.id
         );
-        self.payload_len += entry.payload.len();
-        self.entries.push_back(entry);
+        self.payload_len += payload.len();
+        self.entries.push_back(TxEntry { payload, token });
+    }
+
+    /// Appends message `seq`, whose content the sender lost: it is transmitted as LOST and
+    /// acknowledged like any other. Otherwise as [`TxSession::push`].
+    pub fn push_lost(&mut self, seq: Seq, token: T) {
+        self.push(seq, Bytes::new(), token);
+        self.lost.push_back(seq);
     }
 
     /// Applies a cumulative ACK, handing every newly acknowledged entry to `on_acked`.
@@ -113,6 +110,9 @@ impl<T> TxSession<T> {
             self.cursor -= 1;
             self.payload_len -= entry.payload.len();
             on_acked(self.acked, entry);
+        }
+        while self.lost.front().is_some_and(|&l| l <= self.acked) {
+            self.lost.pop_front();
         }
         Ok(())
     }
@@ -147,11 +147,13 @@ impl<T> TxSession<T> {
         let entry = self.entries.get(self.cursor)?;
         self.cursor += 1;
         let seq = Seq(self.acked.0 + self.cursor as u64);
-        Some(if entry.lost {
-            Transmit::Lost(seq)
-        } else {
-            Transmit::Msg(seq, &entry.payload)
-        })
+        Some(
+            if !self.lost.is_empty() && self.lost.binary_search(&seq).is_ok() {
+                Transmit::Lost(seq)
+            } else {
+                Transmit::Msg(seq, &entry.payload)
+            },
+        )
     }
 
     /// Forgets what was written to the connection that just closed.
@@ -163,6 +165,7 @@ impl<T> TxSession<T> {
     pub fn drain(&mut self) -> impl Iterator<Item = TxEntry<T>> + '_ {
         self.cursor = 0;
         self.payload_len = 0;
+        self.lost.clear();
         self.entries.drain(..)
     }
 
@@ -375,18 +378,24 @@ mod tests {
         let mut tx: TxSession<()> = TxSession::resuming(SessionId(Uuid::from_u128(1)), Seq(10));
         assert_eq!(tx.seq_next(), Seq(11));
         tx.push(Seq(11), Bytes::from_static(b"a"), ());
-        let lost = TxEntry {
-            payload: Bytes::new(),
-            token: (),
-            lost: true,
-        };
-        tx.push_entry(Seq(12), lost);
+        tx.push_lost(Seq(12), ());
+        tx.push(Seq(13), Bytes::from_static(b"b"), ());
         assert!(matches!(
             tx.poll_transmit(),
             Some(Transmit::Msg(Seq(11), _))
         ));
         assert_eq!(tx.poll_transmit(), Some(Transmit::Lost(Seq(12))));
+        assert!(matches!(
+            tx.poll_transmit(),
+            Some(Transmit::Msg(Seq(13), _))
+        ));
         assert_eq!(tx.poll_transmit(), None);
+        // Replayed after a reconnect, still LOST; forgotten once acknowledged.
+        tx.handle_disconnect();
+        tx.resume(tx.id(), Seq(11), |_, _| ()).unwrap();
+        assert_eq!(tx.poll_transmit(), Some(Transmit::Lost(Seq(12))));
+        tx.handle_ack(Seq(12), |_, _| ()).unwrap();
+        assert!(tx.lost.is_empty());
     }
 
     #[test]

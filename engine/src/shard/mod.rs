@@ -33,7 +33,8 @@ use crate::confirm::ConfirmSlot;
 use crate::durable::ShardDurable;
 use crate::error::Error;
 use crate::metrics::Counters;
-use crate::outbox::store::{RecoveredMessage, ShardOutbox, Stored};
+use crate::outbox::record;
+use crate::outbox::store::{RecoveredMessage, ShardOutbox};
 use crate::outbox::watermarks::{Entry, Watermarks};
 use crate::proto::connection::{CloseCause, ConnectionConfig, Events};
 use crate::proto::frame::{Frame, Seq, SessionId};
@@ -152,20 +153,18 @@ struct DurableState {
     /// first seen.
     recovered: HashMap<usize, Vec<RecoveredMessage>>,
     received: Watermarks,
-    /// Records acknowledged this turn, and the peers whose acknowledged seq moved; handed to
-    /// the outbox once per turn.
-    released: Vec<(u32, Stored)>,
-    acked: Vec<(usize, Seq)>,
+    /// Per peer slot whose acknowledged seq moved this turn: the seq and the record space
+    /// released; handed to the outbox once per turn.
+    acked: Vec<(usize, Seq, u64)>,
     last_sync: Instant,
     /// Watermarks stored since the last sync.
     received_dirty: bool,
 }
 
-/// What a session keeps with each unacknowledged message.
+/// What a session keeps with each unacknowledged message: its confirmation, if any.
 #[derive(Debug)]
 struct Token {
     confirm: Option<Arc<ConfirmSlot>>,
-    stored: Option<Stored>,
 }
 
 struct PeerState {
@@ -260,7 +259,6 @@ impl Shard {
                     outbox: d.outbox,
                     recovered: d.recovered.messages,
                     received: d.received,
-                    released: Vec::new(),
                     acked: Vec::new(),
                     last_sync: now,
                     received_dirty: false,
@@ -653,8 +651,10 @@ struct ShardEvents<'a> {
     counters: &'a mut Counters,
     durable: Option<&'a mut DurableState>,
     rx_slot: &'a mut Option<(usize, SessionId)>,
-    /// The highest seq acknowledged during this call, if any.
+    /// The highest seq acknowledged during this call, if any, and the outbox record space of
+    /// the messages it acknowledged.
     acked: Option<Seq>,
+    acked_bytes: u64,
 }
 
 impl ShardEvents<'_> {
@@ -717,13 +717,8 @@ impl Events<Token> for ShardEvents<'_> {
         if let Some(confirm) = entry.token.confirm {
             confirm.complete();
         }
-        if let (Some(stored), Some(durable), Some(d)) = (
-            entry.token.stored,
-            self.durable.as_deref_mut(),
-            &self.peer.shared.durable,
-        ) && let Ok(slot) = d.slot
-        {
-            durable.released.push((slot as u32, stored));
+        if self.durable.is_some() {
+            self.acked_bytes += record::space(entry.payload.len()) as u64;
         }
     }
 }
@@ -799,7 +794,6 @@ impl State {
             }
             let token = Token {
                 confirm: outgoing.confirm,
-                stored: outgoing.stored,
             };
             tx.push(Seq(position + 1), outgoing.payload, token);
             count += 1;
@@ -991,18 +985,22 @@ impl State {
                     durable: self.durable.as_mut(),
                     rx_slot: &mut ps.rx_slot,
                     acked: None,
+                    acked_bytes: 0,
                 };
                 let result = proto.handle_bytes(&mut ps.sessions, data, now, &mut events);
-                note_acked(events.acked, &ps.shared, self.durable.as_mut());
+                let (acked, acked_bytes) = (events.acked, events.acked_bytes);
+                note_acked(acked, acked_bytes, &ps.shared, self.durable.as_mut());
                 ps.shared
+                    .published
                     .seq_delivered
                     .store(ps.sessions.rx.seq_delivered().0, Ordering::Relaxed);
                 ps.shared
+                    .published
                     .seq_acked
                     .store(ps.sessions.tx.seq_acked().0, Ordering::Relaxed);
                 if let Some(rtt) = proto.srtt() {
                     let rtt_ns = rtt.as_nanos().clamp(1, u128::from(u64::MAX)) as u64;
-                    ps.shared.srtt_ns.store(rtt_ns, Ordering::Relaxed);
+                    ps.shared.published.srtt_ns.store(rtt_ns, Ordering::Relaxed);
                 }
                 if let Err(err) = &result {
                     self.counters.protocol_errors += 1;
@@ -1095,9 +1093,11 @@ impl State {
             dial.attempt = 0;
         }
         ps.shared
+            .published
             .connected
             .store(true, crate::sync::Ordering::Relaxed);
         ps.shared
+            .published
             .seq_acked
             .store(ps.sessions.tx.seq_acked().0, Ordering::Relaxed);
         if let Some(conn) = ps.conn
@@ -1178,6 +1178,7 @@ impl State {
             durable: self.durable.as_mut(),
             rx_slot: &mut ps.rx_slot,
             acked: None,
+            acked_bytes: 0,
         };
         let accepted = Connection::accept(
             Arc::clone(&self.proto_config),
@@ -1186,7 +1187,8 @@ impl State {
             self.now,
             &mut events,
         );
-        note_acked(events.acked, &ps.shared, self.durable.as_mut());
+        let (acked, acked_bytes) = (events.acked, events.acked_bytes);
+        note_acked(acked, acked_bytes, &ps.shared, self.durable.as_mut());
         match accepted {
             Ok(proto) => {
                 let conn = &mut self.conns[index];
@@ -1245,6 +1247,7 @@ impl State {
         if ps.established {
             ps.established = false;
             ps.shared
+                .published
                 .connected
                 .store(false, crate::sync::Ordering::Relaxed);
             self.counters.peers_connected -= 1;
@@ -1405,25 +1408,11 @@ fn restore_sessions(
     {
         sessions.tx = TxSession::resuming(shared.tx_session, d.acked_at_start);
         for message in durable.recovered.remove(&slot).unwrap_or_default() {
-            let entry = match message.stored {
-                Some((payload, stored)) => TxEntry {
-                    payload,
-                    token: Token {
-                        confirm: None,
-                        stored: Some(stored),
-                    },
-                    lost: false,
-                },
-                None => TxEntry {
-                    payload: bytes::Bytes::new(),
-                    token: Token {
-                        confirm: None,
-                        stored: None,
-                    },
-                    lost: true,
-                },
-            };
-            sessions.tx.push_entry(message.seq, entry);
+            let token = Token { confirm: None };
+            match message.payload {
+                Some(payload) => sessions.tx.push(message.seq, payload, token),
+                None => sessions.tx.push_lost(message.seq, token),
+            }
         }
     }
     let recovered = Seq(sessions.tx.seq_next().0 - 1);
@@ -1444,12 +1433,17 @@ fn restore_sessions(
     }
 }
 
-/// Notes a peer's new acknowledged seq for the outbox's session table.
-fn note_acked(acked: Option<Seq>, shared: &PeerShared, durable: Option<&mut DurableState>) {
+/// Notes a peer's new acknowledged seq, and the record space it freed, for the outbox.
+fn note_acked(
+    acked: Option<Seq>,
+    bytes: u64,
+    shared: &PeerShared,
+    durable: Option<&mut DurableState>,
+) {
     if let (Some(seq), Some(durable), Some(d)) = (acked, durable, &shared.durable)
         && let Ok(slot) = d.slot
     {
-        durable.acked.push((slot, seq));
+        durable.acked.push((slot, seq, bytes));
     }
 }
 
@@ -1499,10 +1493,9 @@ impl State {
     /// Hands this turn's acknowledgements to the outbox, which trims and recycles.
     fn release_acked(&mut self) {
         if let Some(durable) = &mut self.durable
-            && (!durable.released.is_empty() || !durable.acked.is_empty())
+            && !durable.acked.is_empty()
         {
-            durable.outbox.release(&durable.released, &durable.acked);
-            durable.released.clear();
+            durable.outbox.release(&durable.acked);
             durable.acked.clear();
         }
     }
