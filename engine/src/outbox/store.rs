@@ -246,9 +246,11 @@ impl ShardOutbox {
             let entry = sessions.get(slot);
             acked[slot] = entry.a.0;
             let mut records = found.remove(&slot).unwrap_or_default();
-            // Sorted runs, one per segment (appends are in seq order): the stable sort merges
-            // them in about one pass.
-            records.sort_by_key(|r| r.0);
+            // Sorted runs, one per segment (appends are in seq order), usually already in order;
+            // otherwise the stable sort merges the runs in about one pass.
+            if !records.is_sorted_by_key(|r| r.0) {
+                records.sort_by_key(|r| r.0);
+            }
             let seq_max = records.last().map_or(0, |r| r.0);
             let next = entry.b.0.max(seq_max + 1).max(entry.a.0 + 1);
             if next != entry.b.0 {
@@ -654,7 +656,7 @@ fn scan_all(
         .max(1);
     let chunk = paths.len().div_ceil(threads).max(1);
     let mut opened = Vec::with_capacity(paths.len());
-    let mut found: HashMap<usize, Vec<Found>> = HashMap::new();
+    let mut parts: Vec<Vec<Vec<Found>>> = Vec::new();
     std::thread::scope(|scope| {
         let workers: Vec<_> = paths
             .chunks(chunk)
@@ -664,20 +666,41 @@ fn scan_all(
         for worker in workers {
             let (results, by_slot) = worker.join().expect("segment scan panicked");
             opened.extend(results);
-            for (slot, mut records) in by_slot {
-                found.entry(slot).or_default().append(&mut records);
-            }
+            parts.push(by_slot);
         }
     });
+    // One allocation per slot, sized exactly: growing vectors of millions of entries by
+    // doubling cost more than the scan.
+    let mut found = HashMap::new();
+    for slot in 0..PEERS_MAX {
+        let len: usize = parts.iter().map(|p| p[slot].len()).sum();
+        if len == 0 {
+            continue;
+        }
+        let mut records = Vec::with_capacity(len);
+        for part in &mut parts {
+            records.append(&mut part[slot]);
+        }
+        found.insert(slot, records);
+    }
     (opened, found)
 }
 
+/// Scans a contiguous run of `paths`; the records found are returned by slot (a vector of
+/// `PEERS_MAX` vectors), in file order.
 fn scan_chunk(
     paths: &[PathBuf],
     first_index: usize,
     targets: &HashMap<SessionId, (usize, Seq)>,
-) -> (Vec<Opened>, HashMap<usize, Vec<Found>>) {
-    let mut by_slot: HashMap<usize, Vec<Found>> = HashMap::new();
+) -> (Vec<Opened>, Vec<Vec<Found>>) {
+    let mut by_slot: Vec<Vec<Found>> = (0..PEERS_MAX).map(|_| Vec::new()).collect();
+    // Room for every record the files could hold, reserved (not touched) on a slot's first
+    // record: the address space is free, copying a doubling vector is not.
+    let room: usize = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len() as usize / record::RECORD_HEADER_LEN)
+        .sum();
     let results = paths
         .iter()
         .enumerate()
@@ -686,8 +709,6 @@ fn scan_chunk(
             let mut counts = Counts::default();
             // Records come in runs of one session: look each session up once per run.
             let mut run: Option<(SessionId, Option<(usize, Seq)>)> = None;
-            // The records of the current run's slot, moved into `by_slot` when the run ends.
-            let mut current: Option<(usize, Vec<Found>)> = None;
             let opened = Segment::open_with(path, |r| {
                 counts.records += 1;
                 let target = match run {
@@ -705,20 +726,12 @@ fn scan_chunk(
                 if r.seq <= acked {
                     return; // acknowledged before the restart
                 }
-                let found = (r.seq.0, index, r.at, r.total);
-                match &mut current {
-                    Some((s, records)) if *s == slot => records.push(found),
-                    _ => {
-                        if let Some((s, mut records)) = current.take() {
-                            by_slot.entry(s).or_default().append(&mut records);
-                        }
-                        current = Some((slot, vec![found]));
-                    }
+                let records = &mut by_slot[slot];
+                if records.capacity() == 0 {
+                    records.reserve(room);
                 }
+                records.push((r.seq.0, index, r.at, r.total));
             });
-            if let Some((s, mut records)) = current {
-                by_slot.entry(s).or_default().append(&mut records);
-            }
             let (segment, scan) = opened?;
             Ok((segment, scan, counts))
         })
