@@ -97,8 +97,9 @@ def durable_section(results, m, w):
     if any(k[0] == "recovery" for k in results):
         w("Recovery: `bench`'s `recovery` fills an outbox through the public API (a peer that "
           "never connects), drops the engine, and times `Engine::start` on the directory: every "
-          "segment mapped, every record's CRC checked, the unacknowledged set rebuilt. Warm "
-          "page cache (as after a process crash).")
+          "segment mapped, every record's CRC checked, the unacknowledged set rebuilt (as "
+          "per-peer lists; the shard turns a list into session entries when the peer is first "
+          "used, which is not timed). Warm page cache (as after a process crash).")
         w("")
         w("| records | messages | segments | scan s | `Engine::start` s |")
         w("|---|---|---|---|---|")
