@@ -79,9 +79,13 @@ fn free_port() -> String {
 }
 
 fn serve(listen: &str, state: &Path) -> Child {
+    serve_expecting(listen, state, COUNT)
+}
+
+fn serve_expecting(listen: &str, state: &Path, count: u64) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["serve", "--listen", listen, "--verify", "--expect"])
-        .arg(COUNT.to_string())
+        .arg(count.to_string())
         .arg("--state")
         .arg(state)
         .stdout(Stdio::piped())
@@ -100,10 +104,15 @@ fn serve(listen: &str, state: &Path) -> Child {
 }
 
 fn send(target: &str, outbox: &Path) -> Child {
+    send_with(target, outbox, COUNT, &["--rate", RATE])
+}
+
+fn send_with(target: &str, outbox: &Path, count: u64, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["send", "--target", target, "--size", "64", "--rate", RATE])
+        .args(["send", "--target", target, "--size", "64"])
+        .args(extra)
         .arg("--count")
-        .arg(COUNT.to_string())
+        .arg(count.to_string())
         .arg("--outbox")
         .arg(outbox)
         .stdout(Stdio::piped())
@@ -208,4 +217,49 @@ fn ten_receiver_kills_lose_nothing_and_duplicate_at_most_one_each() {
         "more than one duplicate per kill: {v}"
     );
     assert_eq!(u(&v, "received"), COUNT + u(&v, "duplicates"));
+}
+
+/// Unpaced: the sender is always inside `publish` (mostly inside an append), so the kills land
+/// in the middle of writing records, and each restart recovers a torn tail or a clean end.
+#[test]
+fn sender_kills_in_full_flight_deliver_every_message_exactly_once() {
+    const BURST: u64 = 3_000_000;
+    let mut rng = Rng::new("sender kills in full flight");
+    let dir = TempDir::new("burst");
+    let (state, outbox) = (dir.0.join("rx"), dir.0.join("tx"));
+    let listen = free_port();
+    let server = serve_expecting(&listen, &state, BURST);
+    let mut killed = 0;
+    for _ in 0..20 {
+        let mut sender = send_with(&listen, &outbox, BURST, &[]);
+        std::thread::sleep(rng.pause(50, 250));
+        if sender.try_wait().unwrap().is_some() {
+            break; // finished before this kill: the rest of the run is the check below
+        }
+        // SAFETY: kill sends a signal to a child we spawned and have not reaped.
+        unsafe { libc::kill(sender.id() as i32, libc::SIGKILL) };
+        sender.wait().unwrap();
+        killed += 1;
+    }
+    assert!(
+        killed >= 5,
+        "only {killed} kills landed while the sender ran"
+    );
+    let last = finish(
+        send_with(&listen, &outbox, BURST, &[]),
+        "the last sender run",
+    );
+    assert_eq!(u(&last, "acked"), BURST);
+    let v = verdict(server);
+    eprintln!("sender kills in full flight ({killed}): {v}");
+    assert_eq!(
+        (
+            u(&v, "unique"),
+            u(&v, "missing"),
+            u(&v, "duplicates"),
+            u(&v, "corrupt")
+        ),
+        (BURST, 0, 0, 0),
+        "{v}"
+    );
 }
