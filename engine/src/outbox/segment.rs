@@ -9,9 +9,15 @@
 //!     16     8  id        the segment's number within its shard, little-endian
 //!     24     8  len       the file's length in bytes
 //!     32     4  crc32c    of bytes 0..32
-//!     36    28  reserved  0
+//!     36     4  reserved  0
+//!     40     8  epoch     u32 epoch, then its complement: one 8-byte store, so never torn
+//!     48    16  reserved  0
 //!     64     …  records (see record.rs)
 //! ```
+//!
+//! The epoch goes up each time the segment is reused; it seeds the checksum of the records
+//! written in it, so the records of earlier uses, left in place rather than zeroed, never pass
+//! the scan.
 //!
 //! The file's blocks are allocated (`fallocate`) before it is mapped, so writing through the
 //! map never needs the filesystem to find space: a full disk is an error when a segment is
@@ -47,6 +53,8 @@ pub(crate) struct Segment {
     map: Arc<MmapRaw>,
     /// Where the next record goes.
     end: usize,
+    /// Seeds the checksum of the records of the current use (see the module docs).
+    epoch: u32,
     /// Shorter on disk than its header says: scanned, but never appended to.
     truncated: bool,
 }
@@ -70,8 +78,9 @@ pub(crate) struct Scan {
     /// Regions between intact records that hold damaged bytes: (offset, length). The records
     /// lost in them are counted by the caller, from the sequence numbers around them.
     pub damaged: Vec<(usize, usize)>,
-    /// Bytes of an incomplete last record (a write cut short by a crash), now erased.
-    pub torn_tail: usize,
+    /// An incomplete last record: an append cut short by a crash (its body behind the end
+    /// marker), or a last record whose checksum fails with nothing intact after it.
+    pub torn_tail: bool,
 }
 
 /// Why a segment could not be opened.
@@ -122,10 +131,14 @@ impl Segment {
         let made = (|| {
             allocate(&file, len)?;
             let map = MmapRaw::map_raw(&file)?;
-            let mut header = [0u8; HEADER_LEN];
+            let mut header = [0u8; HEADER_LEN + 8];
             write_header(&mut header, id, len as u64);
-            // SAFETY: the map is fresh and private to this function.
-            unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), HEADER_LEN) };
+            header[40..48].copy_from_slice(&epoch_word(0).to_le_bytes());
+            header[HEADER_LEN..].copy_from_slice(&record::END.to_le_bytes());
+            // SAFETY: the map is fresh and private to this function, and longer than this.
+            unsafe {
+                std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len());
+            }
             file.sync_all()?;
             Ok(map)
         })();
@@ -136,6 +149,7 @@ impl Segment {
                 file: Arc::new(file),
                 map: Arc::new(map),
                 end: HEADER_LEN,
+                epoch: 0,
                 truncated: false,
             }),
             Err(e) => {
@@ -146,7 +160,7 @@ impl Segment {
     }
 
     /// Maps an existing segment and scans its records: intact records are listed, damaged
-    /// regions reported, and a torn last record erased so appends can continue after the
+    /// regions reported, and a torn last record dropped so appends can continue after the
     /// last intact one.
     #[cfg(test)]
     pub(crate) fn open(path: &Path) -> Result<(Segment, Scan), OpenError> {
@@ -171,13 +185,13 @@ impl Segment {
         let map = MmapRaw::map_raw(&file)?;
         // SAFETY: the outbox owns its directory, nothing else maps or truncates a segment while
         // it is open, and this map is not shared yet.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr(), map.len()) };
-        let (id, header_len) = read_header(&bytes[..HEADER_LEN])?;
+        let bytes = unsafe { std::slice::from_raw_parts(map.as_ptr(), map.len()) };
+        let (id, header_len, epoch) = read_header(&bytes[..HEADER_LEN])?;
         let truncated = header_len > len;
         if header_len < len {
             return Err(OpenError::BadHeader("segment longer than its header says"));
         }
-        let (scan, end) = scan(bytes, !truncated, found);
+        let (scan, end) = scan(bytes, epoch, truncated, found);
         Ok((
             Segment {
                 id,
@@ -185,6 +199,7 @@ impl Segment {
                 file: Arc::new(file),
                 map: Arc::new(map),
                 end: if truncated { bytes.len() } else { end },
+                epoch,
                 truncated,
             },
             scan,
@@ -198,10 +213,22 @@ impl Segment {
             return None;
         }
         let at = self.end;
+        if at + need + record::RECORD_ALIGN <= self.map.len() {
+            // The next append's place gets the end marker before this record's length word
+            // lands (see record.rs).
+            // SAFETY: inside the map, above `end`, 8-aligned (records and the map are).
+            unsafe {
+                self.map
+                    .as_mut_ptr()
+                    .add(at + need)
+                    .cast::<u64>()
+                    .write(record::END);
+            }
+        }
         // SAFETY: `at..at + need` is inside the map and at or above `end`: no view or reader
         // refers to it, and `&mut self` excludes other writers.
         let dst = unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(at), need) };
-        self.end += record::write(dst, session, seq, payload);
+        self.end += record::write(dst, self.epoch, session, seq, payload);
         self.prefetch_ahead();
         Some(at)
     }
@@ -229,7 +256,7 @@ impl Segment {
     /// The record at `offset` (one returned by `append` or listed by the scan).
     #[cfg(test)]
     pub(crate) fn record(&self, offset: usize) -> Option<Record<'_>> {
-        record::read(self.written().get(offset..)?)
+        record::read(self.written().get(offset..)?, self.epoch)
             .ok()
             .map(|(r, _)| r)
     }
@@ -258,36 +285,47 @@ impl Segment {
         Arc::strong_count(&self.map) > 1
     }
 
-    /// The written record area, `(address, length)`, for a caller that zeroes it while it holds
-    /// the only access to the segment (see `ShardOutbox::recycle`), then calls
-    /// [`Segment::mark_reset`].
+    /// Starts the segment over for reuse: a new epoch, and the end marker at the first record.
+    /// The old records stay in place; the new epoch makes them unreadable. Two stores, however
+    /// large the segment.
     ///
     /// # Panics
     ///
-    /// If payload views are alive ([`Segment::is_shared`]) or the segment is truncated.
-    pub(crate) fn written_area(&self) -> (usize, usize) {
-        assert!(!self.is_shared(), "reset while payload views are alive");
+    /// If payload views are alive ([`Segment::is_shared`]): appends would overwrite what they
+    /// show. A truncated segment is deleted, not reused.
+    pub(crate) fn renew(&mut self) {
+        assert!(!self.is_shared(), "renewed while payload views are alive");
         assert!(
             !self.truncated,
             "a truncated segment is deleted, not reused"
         );
-        // SAFETY: HEADER_LEN is inside the map.
-        let start = unsafe { self.map.as_mut_ptr().add(HEADER_LEN) };
-        (start as usize, self.end - HEADER_LEN)
-    }
-
-    /// Appends start over at the first record; the caller zeroed the record area.
-    pub(crate) fn mark_reset(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        // SAFETY: both words are inside the map and 8-aligned; no view is alive and `&mut self`
+        // excludes other writers. The marker goes first: a crash between the two leaves an
+        // empty segment of the old epoch, whose records were all acknowledged anyway.
+        unsafe {
+            let base = self.map.as_mut_ptr();
+            base.add(HEADER_LEN).cast::<u64>().write(record::END);
+            base.add(40).cast::<u64>().write(epoch_word(self.epoch));
+        }
         self.end = HEADER_LEN;
     }
 
-    /// Erases every record so the segment can be reused, keeping its blocks allocated.
-    #[cfg(test)]
-    pub(crate) fn reset(&mut self) {
-        let (ptr, len) = self.written_area();
-        // SAFETY: `&mut self` and no views: nothing else touches the record area.
-        unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, len) };
-        self.mark_reset();
+    /// The session and seq in the header of what lies at `at`, if anything does: a scan that
+    /// stopped at an end marker asks this to tell a torn record behind the marker from stale
+    /// or no data.
+    pub(crate) fn header_at(&self, at: usize) -> Option<(SessionId, Seq)> {
+        if at + record::RECORD_HEADER_LEN > self.map.len() {
+            return None;
+        }
+        // SAFETY: inside the map; bytes at and above `end` are only written through
+        // `&mut self`.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add(at), record::RECORD_HEADER_LEN)
+        };
+        let session = uuid::Uuid::from_bytes(bytes[8..24].try_into().expect("16 bytes"));
+        let seq = u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes"));
+        Some((SessionId(session), Seq(seq)))
     }
 
     /// A handle that writes this segment's pages back to disk (fdatasync) from any thread.
@@ -357,15 +395,19 @@ pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.seg"))
 }
 
-/// Walks the records after the header. Returns what it found and where appends continue.
+/// Walks the records of `epoch` after the header. Returns what it found and where the next
+/// append would go.
 ///
-/// In a truncated segment (`erase_tail` false) the end of the file cut a record short: it is
-/// reported as damaged rather than erased, because the file is never appended to again.
-fn scan(map: &mut [u8], erase_tail: bool, mut each: impl FnMut(Scanned)) -> (Scan, usize) {
+/// It stops at the end marker (or, in a never-used area, at a zero length). A bad length or
+/// checksum is damage: the scan looks for the next intact record at 8-byte steps and reports
+/// the region between; with none after it, the last record was cut short (a torn tail) — or,
+/// in a truncated file (`truncated`), cut by the end of the file (damage). Stale records of
+/// earlier epochs never pass, so they are neither delivered nor mistaken for a resync point.
+fn scan(map: &[u8], epoch: u32, truncated: bool, mut each: impl FnMut(Scanned)) -> (Scan, usize) {
     let mut found = Scan::default();
     let mut pos = HEADER_LEN;
     while pos < map.len() {
-        match record::read(&map[pos..]) {
+        match record::read(&map[pos..], epoch) {
             Ok((r, used)) => {
                 each(Scanned {
                     session: r.session,
@@ -375,53 +417,42 @@ fn scan(map: &mut [u8], erase_tail: bool, mut each: impl FnMut(Scanned)) -> (Sca
                 });
                 pos += used;
             }
-            Err(Invalid::Empty) => {
-                // A crash before the length word landed leaves body bytes behind a zero length.
-                if let Some(i) = last_nonzero(&map[pos..]) {
-                    if let Some(next) = resync(map, pos) {
+            Err(Invalid::End) => break,
+            Err(Invalid::Empty | Invalid::BadLength | Invalid::BadChecksum) => {
+                let never_written = map[pos..].iter().all(|&b| b == 0);
+                if never_written {
+                    break;
+                }
+                match resync(map, pos, epoch) {
+                    Some(next) => {
                         found.damaged.push((pos, next - pos));
                         pos = next;
-                        continue;
                     }
-                    if erase_tail {
-                        map[pos..pos + i + 1].fill(0);
-                        found.torn_tail = i + 1;
+                    None if truncated => {
+                        found.damaged.push((pos, map.len() - pos));
+                        break;
+                    }
+                    None => {
+                        found.torn_tail = true;
+                        break;
                     }
                 }
-                break;
             }
-            Err(Invalid::BadLength | Invalid::BadChecksum) => match resync(map, pos) {
-                Some(next) => {
-                    found.damaged.push((pos, next - pos));
-                    pos = next;
-                }
-                None if !erase_tail => {
-                    found.damaged.push((pos, map.len() - pos));
-                    break;
-                }
-                None => {
-                    // Nothing intact follows: the last append was cut short. Erase it so
-                    // the next append starts on zeros.
-                    let garbage = last_nonzero(&map[pos..]).map_or(0, |i| i + 1);
-                    map[pos..pos + garbage].fill(0);
-                    found.torn_tail = garbage;
-                    break;
-                }
-            },
         }
     }
     (found, pos)
 }
 
-/// The next offset after `pos` where an intact record starts, if any.
-fn resync(map: &[u8], pos: usize) -> Option<usize> {
+/// The next offset after `pos` where an intact record of `epoch` starts, if any.
+fn resync(map: &[u8], pos: usize, epoch: u32) -> Option<usize> {
     (pos + record::RECORD_ALIGN..map.len())
         .step_by(record::RECORD_ALIGN)
-        .find(|&at| record::read(&map[at..]).is_ok())
+        .find(|&at| record::read(&map[at..], epoch).is_ok())
 }
 
-fn last_nonzero(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().rposition(|&b| b != 0)
+/// The header word holding `epoch`: the epoch, then its complement.
+fn epoch_word(epoch: u32) -> u64 {
+    u64::from(epoch) | (u64::from(!epoch) << 32)
 }
 
 /// Reserves the file's blocks so that stores through the map cannot hit a full disk.
@@ -456,8 +487,8 @@ fn write_header(dst: &mut [u8], id: u64, len: u64) {
     dst[32..36].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The segment's id and the file length its header records.
-fn read_header(src: &[u8]) -> Result<(u64, u64), OpenError> {
+/// The segment's id, the file length its header records, and its epoch.
+fn read_header(src: &[u8]) -> Result<(u64, u64, u32), OpenError> {
     let u64_at = |at: usize| u64::from_le_bytes(src[at..at + 8].try_into().unwrap());
     if &src[0..8] != MAGIC {
         return Err(OpenError::BadHeader("not an outbox segment (bad magic)"));
@@ -468,7 +499,12 @@ fn read_header(src: &[u8]) -> Result<(u64, u64), OpenError> {
     if u32::from_le_bytes(src[8..12].try_into().unwrap()) != VERSION {
         return Err(OpenError::BadHeader("unsupported segment version"));
     }
-    Ok((u64_at(16), u64_at(24)))
+    let word = u64_at(40);
+    let epoch = word as u32;
+    if (word >> 32) as u32 != !epoch {
+        return Err(OpenError::BadHeader("segment epoch damaged"));
+    }
+    Ok((u64_at(16), u64_at(24), epoch))
 }
 
 const MAGIC: &[u8; 8] = b"RWOUTBOX";
@@ -536,7 +572,7 @@ mod tests {
         let (mut seg, scan) = Segment::open(&path).unwrap();
         assert_eq!(seg.id(), 1);
         assert_eq!(offsets(&scan), written);
-        assert_eq!((scan.damaged.len(), scan.torn_tail), (0, 0));
+        assert_eq!((scan.damaged.len(), scan.torn_tail), (0, false));
         let r = seg.record(written[9]).unwrap();
         assert_eq!((r.seq, r.payload), (Seq(10), &[10u8; 30][..]));
         // Appends continue after the last record.
@@ -549,7 +585,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_tail_is_dropped_and_erased() {
+    fn a_torn_tail_is_dropped_and_overwritten() {
         let dir = TempDir::new("torn");
         let (path, offsets) = fill(&dir.0, 20);
         // A crash in the middle of the last append: its length word made it, its body did not.
@@ -561,13 +597,13 @@ mod tests {
         let (mut seg, scan) = Segment::open(&path).unwrap();
         assert_eq!(seqs(&seg, &scan), (1..=19).collect::<Vec<_>>());
         assert!(scan.damaged.is_empty());
-        assert!(scan.torn_tail > 0);
+        assert!(scan.torn_tail);
         // The next append reuses the space, and a second recovery finds a clean file.
         assert_eq!(seg.append(S, Seq(20), b"again"), Some(last));
         drop(seg);
         let (seg, scan) = Segment::open(&path).unwrap();
         assert_eq!(seqs(&seg, &scan), (1..=20).collect::<Vec<_>>());
-        assert_eq!(scan.torn_tail, 0);
+        assert!(!scan.torn_tail);
     }
 
     #[test]
@@ -589,7 +625,7 @@ mod tests {
                 (offsets[20], offsets[21] - offsets[20])
             ]
         );
-        assert_eq!(scan.torn_tail, 0);
+        assert!(!scan.torn_tail);
     }
 
     #[test]
@@ -645,7 +681,7 @@ mod tests {
         assert_eq!(view, vec![2u8; 6]);
         drop(view);
         assert!(!seg.is_shared());
-        seg.reset();
+        seg.renew();
         assert_eq!(seg.end(), HEADER_LEN);
         drop(seg);
         let (_, scan) = Segment::open(&path).unwrap();
@@ -653,7 +689,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tail_with_a_zero_length_word_is_erased() {
+    fn a_tail_with_a_zero_length_word_is_torn() {
         let dir = TempDir::new("zerolen");
         let (path, offsets) = fill(&dir.0, 5);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -661,8 +697,63 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let (seg, scan) = Segment::open(&path).unwrap();
         assert_eq!(seqs(&seg, &scan), (1..=4).collect::<Vec<_>>());
-        assert!(scan.torn_tail > 0 && scan.damaged.is_empty());
+        assert!(scan.torn_tail && scan.damaged.is_empty());
         assert_eq!(seg.end(), offsets[4]);
+    }
+
+    #[test]
+    fn a_renewed_segment_hides_its_old_records_without_zeroing_them() {
+        let dir = TempDir::new("renew");
+        let (path, _) = fill(&dir.0, 30);
+        let (mut seg, _) = Segment::open(&path).unwrap();
+        seg.renew();
+        for i in 1..=3 {
+            seg.append(S, Seq(100 + i), &[7; 40]).unwrap();
+        }
+        drop(seg);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            bytes[1000..2000].iter().any(|&b| b != 0),
+            "old records stay in place"
+        );
+        let (seg, scan) = Segment::open(&path).unwrap();
+        assert_eq!(seqs(&seg, &scan), [101, 102, 103]);
+        assert_eq!((scan.damaged.len(), scan.torn_tail), (0, false));
+        // Damage among the new records still resyncs, past them and not into the old ones.
+        let mut bad = bytes.clone();
+        let second = scan.records[1].at as usize;
+        bad[second + 40] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let (seg, scan) = Segment::open(&path).unwrap();
+        assert_eq!(seqs(&seg, &scan), [101, 103]);
+        assert_eq!(scan.damaged.len(), 1);
+        // Damage to the last new record: the old records behind it do not pass for a resync
+        // point (they would, intact as they are, without the epoch): a torn tail, no more.
+        let mut bad = bytes.clone();
+        let third = scan.records[1].at as usize;
+        bad[third + 40] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let (seg, scan) = Segment::open(&path).unwrap();
+        assert_eq!(seqs(&seg, &scan), [101, 102]);
+        assert_eq!((scan.damaged.len(), scan.torn_tail), (0, true));
+    }
+
+    #[test]
+    fn a_cut_short_append_leaves_the_end_marker_and_its_body_behind_it() {
+        let dir = TempDir::new("cut");
+        let (path, offsets) = fill(&dir.0, 3);
+        let mut seg = Segment::open(&path).unwrap().0;
+        let next = seg.append(S, Seq(4), b"whole").unwrap();
+        drop(seg);
+        // A crash after the body of message 4 but before its length word: put the marker back.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[next..next + 8].copy_from_slice(&record::END.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let (seg, scan) = Segment::open(&path).unwrap();
+        assert_eq!(seqs(&seg, &scan), [1, 2, 3]);
+        assert_eq!(seg.end(), next);
+        assert_eq!(seg.header_at(next), Some((S, Seq(4))));
+        assert_eq!(offsets.len(), 3);
     }
 
     #[test]

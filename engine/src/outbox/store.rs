@@ -157,8 +157,6 @@ struct Held {
     marks: Vec<(u32, u64)>,
     /// Bytes up to which it is known to be on disk.
     synced: usize,
-    /// Being zeroed outside the lock (see `ShardOutbox::recycle`).
-    resetting: bool,
 }
 
 /// The lock that appends hold; see the module docs.
@@ -215,7 +213,7 @@ impl ShardOutbox {
                 Err(OpenError::Io(e)) => return Err(e),
             };
             report.bytes_scanned += segment.len() as u64;
-            report.torn_tails += u64::from(scan.torn_tail > 0);
+            report.torn_tails += u64::from(scan.torn_tail || counts.torn_behind_end);
             report.damaged_regions += scan.damaged.len() as u64;
             report.records += counts.records;
             for (at, len) in &scan.damaged {
@@ -230,7 +228,6 @@ impl ShardOutbox {
                 synced: segment.end(),
                 segment,
                 marks: Vec::new(),
-                resetting: false,
             }));
         }
 
@@ -443,59 +440,38 @@ impl ShardOutbox {
         self.inner.lock()
     }
 
-    /// Resets drained segments whose payload views are gone and makes them spares (a truncated
-    /// segment is deleted instead). The zeroing runs outside the lock: a drained segment holds
-    /// only acknowledged records, is neither active nor spare, and is marked `resetting`, so
-    /// nothing else
-    /// touches its record area meanwhile.
+    /// Renews drained segments whose payload views are gone and makes them spares (a truncated
+    /// segment is deleted instead). Renewing is two stores (see `Segment::renew`): nothing is
+    /// zeroed.
     fn recycle(&self) {
-        let mut zero = Vec::new();
-        {
-            let mut guard = self.lock_inner();
-            let inner = &mut *guard;
-            let mut waiting = Vec::new();
-            for index in std::mem::take(&mut inner.drained) {
-                let Some(held) = inner.segments[index].as_mut() else {
-                    continue;
-                };
-                if held.resetting || inner.active == Some(index) || inner.spare.contains(&index) {
-                    continue;
-                }
-                if held.segment.is_shared() {
-                    waiting.push(index);
-                    continue;
-                }
-                if held.segment.is_truncated() {
-                    let path = held.segment.path().to_owned();
-                    inner.segments[index] = None;
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        tracing::warn!(path = %path.display(), error = %e, "removing a drained segment failed");
-                    }
-                    continue;
-                }
-                held.resetting = true;
-                zero.push((index, held.segment.written_area()));
+        let mut guard = self.lock_inner();
+        let inner = &mut *guard;
+        let mut waiting = Vec::new();
+        for index in std::mem::take(&mut inner.drained) {
+            let Some(held) = inner.segments[index].as_mut() else {
+                continue;
+            };
+            if inner.active == Some(index) || inner.spare.contains(&index) {
+                continue;
             }
-            inner.drained = waiting;
-        }
-        for (_, (ptr, len)) in &zero {
-            // SAFETY: see the method docs: no reader or writer touches the area, and the
-            // segment (hence its map) stays in `segments` until `resetting` is cleared below.
-            unsafe { std::ptr::write_bytes(*ptr as *mut u8, 0, *len) };
-        }
-        if !zero.is_empty() {
-            let mut inner = self.lock_inner();
-            for (index, _) in zero {
-                let held = inner.segments[index]
-                    .as_mut()
-                    .expect("kept while resetting");
-                held.segment.mark_reset();
-                held.synced = HEADER_LEN;
-                held.marks.clear();
-                held.resetting = false;
-                inner.spare.push(index);
+            if held.segment.is_shared() {
+                waiting.push(index);
+                continue;
             }
+            if held.segment.is_truncated() {
+                let path = held.segment.path().to_owned();
+                inner.segments[index] = None;
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "removing a drained segment failed");
+                }
+                continue;
+            }
+            held.segment.renew();
+            held.synced = HEADER_LEN;
+            held.marks.clear();
+            inner.spare.push(index);
         }
+        inner.drained = waiting;
     }
 }
 
@@ -580,7 +556,6 @@ impl Appender<'_> {
             synced: segment.end(),
             segment,
             marks: Vec::new(),
-            resetting: false,
         };
         let index = match inner.segments.iter().position(Option::is_none) {
             Some(free) => {
@@ -636,6 +611,9 @@ struct Counts {
     records: u64,
     /// Records of sessions the table does not know.
     orphans: u64,
+    /// Behind the end marker lies the start of a record of a known session that was never
+    /// acknowledged: an append cut short by a crash.
+    torn_behind_end: bool,
 }
 
 /// An unacknowledged record: (seq, segment index, offset, total_len).
@@ -733,6 +711,12 @@ fn scan_chunk(
                 records.push((r.seq.0, index, r.at, r.total));
             });
             let (segment, scan) = opened?;
+            counts.torn_behind_end = !segment.is_truncated()
+                && segment
+                    .header_at(segment.end())
+                    .is_some_and(|(session, seq)| {
+                        targets.get(&session).is_some_and(|&(_, acked)| seq > acked)
+                    });
             Ok((segment, scan, counts))
         })
         .collect();
