@@ -6,39 +6,17 @@
 //! Nothing here is timed: the pauses between kills only decide where the kills land.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ringwire_tests::TempDir;
 use serde_json::Value;
 
 const COUNT: u64 = 200_000;
 /// Paced so that the run lasts longer than the kills take: every kill lands mid-run.
 const RATE: &str = "15000";
 const PATIENCE: Duration = Duration::from_secs(300);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "ringwire-crash-{name}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// xorshift64*, seeded from the clock or `RINGWIRE_CRASH_SEED`.
 struct Rng(u64);

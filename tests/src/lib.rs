@@ -2,6 +2,7 @@
 //! checks exactly-once, in-order delivery, and a patient publisher.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -137,6 +138,37 @@ pub fn publish_patiently(peer: &Peer, mut payload: Bytes) -> MessageId {
             }
             Err(e) => panic!("publish to {:?} failed: {e}", peer.node_id()),
         }
+    }
+}
+
+/// A scratch directory under the system's temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new, empty directory whose name starts with `ringwire-<name>-` and is unique to this
+    /// process and moment.
+    ///
+    /// # Panics
+    ///
+    /// If it cannot be created.
+    pub fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "ringwire-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("the clock is after 1970")
+                .subsec_nanos()
+        ));
+        std::fs::create_dir_all(&path).expect("creating a scratch directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -8,29 +8,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ringwire::{Engine, Error, Handler, MessageId, Peer, PeerConfig};
-use ringwire_tests::{Recorder, builder, payload, publish_patiently, wait_until};
+use ringwire_tests::{Recorder, TempDir, builder, payload, publish_patiently, wait_until};
 
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "ringwire-outbox-{name}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
+/// Publishes numbered messages from `from` until the outbox refuses one, and returns how many
+/// it accepted and the refusal. Backpressure only says the shard has not taken the queued
+/// messages yet, so it is retried.
+fn publish_until_refused(peer: &Peer, from: u64) -> (u64, Error) {
+    let mut accepted = 0;
+    loop {
+        match peer.publish(payload(from + accepted, 64)) {
+            Ok(_) => accepted += 1,
+            Err(Error::Backpressure(_)) => std::thread::yield_now(),
+            Err(e) => return (accepted, e),
+        }
     }
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Publishes message `n`, waiting while the outbox is full: it frees up at the end of the
+/// shard's turn after the peer's ACK, just after that ACK is visible here.
+fn publish_when_room(peer: &Peer, n: u64) {
+    let mut attempts = 0;
+    while let Err(e) = peer.publish(payload(n, 64)) {
+        assert!(
+            matches!(e, Error::OutboxFull { .. } | Error::Backpressure(_)),
+            "{e}"
+        );
+        attempts += 1;
+        assert!(attempts < 100_000, "the outbox never freed up");
+        std::thread::sleep(std::time::Duration::from_micros(100));
     }
 }
 
@@ -227,15 +232,7 @@ fn a_full_outbox_refuses_new_messages_and_frees_up_as_the_peer_acknowledges() {
     // Two 64 KiB segments: 1,310 records of 64-byte payloads (96 bytes each) at most.
     let a = sender(&dir.0, 64 << 10, 128 << 10);
     let to_b = a.peer("node-b");
-    let mut accepted = 0u64;
-    let refused = loop {
-        match to_b.publish(payload(accepted, 64)) {
-            Ok(_) => accepted += 1,
-            // The shard has not yet taken the queued messages: transient, unlike a full outbox.
-            Err(Error::Backpressure(_)) => std::thread::yield_now(),
-            Err(e) => break e,
-        }
-    };
+    let (accepted, refused) = publish_until_refused(&to_b, 0);
     assert!(
         matches!(&refused, Error::OutboxFull { payload, disk_full: false } if payload.len() == 64),
         "{refused}"
@@ -250,16 +247,9 @@ fn a_full_outbox_refuses_new_messages_and_frees_up_as_the_peer_acknowledges() {
     wait_until("everything accepted delivered", || {
         at_b.recorder.total() == accepted && to_b.seq_acked() == accepted
     });
-    // Acknowledged segments are recycled (at the end of the shard's turn, just after the ACK
-    // is visible here): the outbox takes as much again.
+    // Acknowledged segments are reused: the outbox takes as much again.
     for n in accepted..2 * accepted {
-        let mut attempts = 0;
-        while let Err(e) = to_b.publish(payload(n, 64)) {
-            assert!(matches!(e, Error::OutboxFull { .. }), "{e}");
-            attempts += 1;
-            assert!(attempts < 100_000, "the outbox never freed up");
-            std::thread::sleep(std::time::Duration::from_micros(100));
-        }
+        publish_when_room(&to_b, n);
     }
     wait_until("the second round delivered", || {
         at_b.recorder.total() == 2 * accepted
@@ -317,15 +307,7 @@ fn a_full_disk_fails_publish_and_loses_nothing_accepted() {
     // and a handful of 1 MiB segments fill it.
     let a = sender(&dir, 1 << 20, 64 << 20);
     let to_b = a.peer("node-b");
-    let mut accepted = 0u64;
-    let refused = loop {
-        match to_b.publish(payload(accepted, 64)) {
-            Ok(_) => accepted += 1,
-            // The shard has not yet taken the queued messages: transient, unlike a full outbox.
-            Err(Error::Backpressure(_)) => std::thread::yield_now(),
-            Err(e) => break e,
-        }
-    };
+    let (accepted, refused) = publish_until_refused(&to_b, 0);
     assert!(
         matches!(
             &refused,
@@ -359,13 +341,7 @@ fn a_full_disk_fails_publish_and_loses_nothing_accepted() {
     });
     // Acknowledged segments are reused, so the full disk no longer stops publishing.
     for n in accepted..accepted + 1000 {
-        let mut attempts = 0;
-        while let Err(e) = to_b.publish(payload(n, 64)) {
-            assert!(matches!(e, Error::OutboxFull { .. }), "{e}");
-            attempts += 1;
-            assert!(attempts < 100_000, "the outbox never freed up");
-            std::thread::sleep(std::time::Duration::from_micros(100));
-        }
+        publish_when_room(&to_b, n);
     }
     wait_until("the rest delivered", || {
         at_b.recorder.total() == accepted + 1000

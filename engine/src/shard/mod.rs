@@ -657,7 +657,36 @@ struct ShardEvents<'a> {
     acked_bytes: u64,
 }
 
-impl ShardEvents<'_> {
+impl<'a> ShardEvents<'a> {
+    fn new(
+        handler: &'a dyn Handler,
+        peer: &'a Peer,
+        rx_slot: &'a mut Option<(usize, SessionId)>,
+        counters: &'a mut Counters,
+        durable: Option<&'a mut DurableState>,
+    ) -> ShardEvents<'a> {
+        ShardEvents {
+            handler,
+            peer,
+            counters,
+            durable,
+            rx_slot,
+            acked: None,
+            acked_bytes: 0,
+        }
+    }
+
+    /// Hands what these events acknowledged (the peer's new acknowledged seq and the record
+    /// space freed) to the outbox's once-per-turn release.
+    fn finish(self) {
+        if let (Some(seq), Some(durable), Some(d)) =
+            (self.acked, self.durable, &self.peer.shared.durable)
+            && let Ok(slot) = d.slot
+        {
+            durable.acked.push((slot, seq, self.acked_bytes));
+        }
+    }
+
     /// Stores the delivered watermark, after the handler ran: a crash between the two
     /// redelivers that one message after the restart, and nothing else.
     fn store_delivered(&mut self, session: SessionId, seq: Seq) {
@@ -978,18 +1007,15 @@ impl State {
                 let peer = *peer;
                 let ps = &mut self.peers[peer];
                 let was_established = proto.is_established();
-                let mut events = ShardEvents {
-                    handler: &*self.handler,
-                    peer: &ps.handle,
-                    counters: &mut self.counters,
-                    durable: self.durable.as_mut(),
-                    rx_slot: &mut ps.rx_slot,
-                    acked: None,
-                    acked_bytes: 0,
-                };
+                let mut events = ShardEvents::new(
+                    &*self.handler,
+                    &ps.handle,
+                    &mut ps.rx_slot,
+                    &mut self.counters,
+                    self.durable.as_mut(),
+                );
                 let result = proto.handle_bytes(&mut ps.sessions, data, now, &mut events);
-                let (acked, acked_bytes) = (events.acked, events.acked_bytes);
-                note_acked(acked, acked_bytes, &ps.shared, self.durable.as_mut());
+                events.finish();
                 ps.shared
                     .published
                     .seq_delivered
@@ -1171,15 +1197,13 @@ impl State {
             self.begin_close(existing, Duration::ZERO);
         }
         let ps = &mut self.peers[peer];
-        let mut events = ShardEvents {
-            handler: &*self.handler,
-            peer: &ps.handle,
-            counters: &mut self.counters,
-            durable: self.durable.as_mut(),
-            rx_slot: &mut ps.rx_slot,
-            acked: None,
-            acked_bytes: 0,
-        };
+        let mut events = ShardEvents::new(
+            &*self.handler,
+            &ps.handle,
+            &mut ps.rx_slot,
+            &mut self.counters,
+            self.durable.as_mut(),
+        );
         let accepted = Connection::accept(
             Arc::clone(&self.proto_config),
             &hello,
@@ -1187,8 +1211,7 @@ impl State {
             self.now,
             &mut events,
         );
-        let (acked, acked_bytes) = (events.acked, events.acked_bytes);
-        note_acked(acked, acked_bytes, &ps.shared, self.durable.as_mut());
+        events.finish();
         match accepted {
             Ok(proto) => {
                 let conn = &mut self.conns[index];
@@ -1430,20 +1453,6 @@ fn restore_sessions(
         Err(e) => {
             tracing::error!(peer = %shared.node_id, error = %e, "no watermark slot: deduplication of this peer will not survive a restart");
         }
-    }
-}
-
-/// Notes a peer's new acknowledged seq, and the record space it freed, for the outbox.
-fn note_acked(
-    acked: Option<Seq>,
-    bytes: u64,
-    shared: &PeerShared,
-    durable: Option<&mut DurableState>,
-) {
-    if let (Some(seq), Some(durable), Some(d)) = (acked, durable, &shared.durable)
-        && let Ok(slot) = d.slot
-    {
-        durable.acked.push((slot, seq, bytes));
     }
 }
 
