@@ -10,6 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ringwire::{Engine, Error, Handler, MessageId, Peer, PeerConfig};
 use ringwire_tests::{Recorder, TempDir, builder, payload, publish_patiently, wait_until};
 
+/// Publishes messages 0 to `count - 1` from an engine on `dir` whose peer never connects, then
+/// drops the engine: the outbox keeps them all, unacknowledged.
+fn publish_while_away(dir: &Path, count: u64) {
+    let a = sender(dir, 1 << 20, 16 << 20);
+    let to_b = a.peer("node-b");
+    for n in 0..count {
+        publish_patiently(&to_b, payload(n, 64));
+    }
+}
+
 /// Publishes numbered messages from `from` until the outbox refuses one, and returns how many
 /// it accepted and the refusal. Backpressure only says the shard has not taken the queued
 /// messages yet, so it is retried.
@@ -161,13 +171,7 @@ fn messages_accepted_while_the_peer_is_away_survive_a_sender_restart() {
 #[test]
 fn damaged_records_are_counted_exactly_and_reported_lost_to_the_peer() {
     let dir = TempDir::new("damage");
-    {
-        let a = sender(&dir.0, 1 << 20, 16 << 20);
-        let to_b = a.peer("node-b");
-        for n in 0..100 {
-            publish_patiently(&to_b, payload(n, 64));
-        }
-    }
+    publish_while_away(&dir.0, 100);
     // Flip a payload bit of message 40 and zero the length word of message 70; tear the last
     // record (message 99) in half.
     let (path, offsets) = record_offsets(&dir.0, &[40, 70, 99]);
@@ -205,13 +209,7 @@ fn damaged_records_are_counted_exactly_and_reported_lost_to_the_peer() {
 #[test]
 fn a_truncated_segment_loses_exactly_the_records_past_the_cut() {
     let dir = TempDir::new("truncate");
-    {
-        let a = sender(&dir.0, 1 << 20, 16 << 20);
-        let to_b = a.peer("node-b");
-        for n in 0..100 {
-            publish_patiently(&to_b, payload(n, 64));
-        }
-    }
+    publish_while_away(&dir.0, 100);
     let (path, offsets) = record_offsets(&dir.0, &[60]);
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(offsets[0] as u64 + 10).unwrap();

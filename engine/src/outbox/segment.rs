@@ -229,28 +229,7 @@ impl Segment {
         // refers to it, and `&mut self` excludes other writers.
         let dst = unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(at), need) };
         self.end += record::write(dst, self.epoch, session, seq, payload);
-        self.prefetch_ahead();
         Some(at)
-    }
-
-    /// Asks the CPU to fetch, for writing, the cache lines a few records ahead: appends walk
-    /// through memory no core has touched lately, and the barrier at the end of each `publish`
-    /// would otherwise wait for every one of those lines to arrive.
-    #[inline]
-    fn prefetch_ahead(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            const AHEAD: usize = 512;
-            if self.end + AHEAD + 64 <= self.map.len() {
-                // SAFETY: the address is inside the map; a prefetch never faults or writes.
-                unsafe {
-                    let p = self.map.as_ptr().add(self.end + AHEAD);
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(
-                        p.cast(),
-                    );
-                }
-            }
-        }
     }
 
     /// The record at `offset` (one returned by `append` or listed by the scan).
