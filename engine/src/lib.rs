@@ -67,14 +67,13 @@
 pub mod proto;
 
 mod config;
-mod confirm;
-mod durable;
 mod error;
 mod metrics;
 mod outbox;
 mod route;
 mod shard;
 mod sync;
+mod sys;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -88,8 +87,6 @@ use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 
 pub use crate::config::{Backoff, Config, PeerConfig, SyncPolicy};
-pub use crate::confirm::Confirm;
-use crate::confirm::ConfirmSlot;
 pub use crate::error::Error;
 use crate::metrics::SharedCounters;
 pub use crate::metrics::{PeerStats, Stats};
@@ -98,6 +95,8 @@ use crate::outbox::store::ShardOutbox;
 pub use crate::proto::SessionId;
 pub use crate::proto::ack::AckPolicy;
 pub use crate::proto::heartbeat::HeartbeatConfig;
+pub use crate::route::confirm::Confirm;
+use crate::route::confirm::ConfirmSlot;
 use crate::route::{Command, Mailbox, Outgoing, PeerShared, Registry};
 
 /// A node's identity: 1 to 255 bytes of UTF-8, unique among the nodes that talk to each other.
@@ -361,14 +360,14 @@ impl Engine {
             .map_err(|e| Error::io("creating shard eventfd", e))?;
         let (listeners, local_addr) = match config.listen {
             Some(addr) => {
-                let (fds, bound) = shard::socket::bind_reuseport(addr, config.shards)
+                let (fds, bound) = sys::socket::bind_reuseport(addr, config.shards)
                     .map_err(|e| Error::io(format!("binding listener on {addr}"), e))?;
                 (fds.into_iter().map(Some).collect(), Some(bound))
             }
             None => ((0..config.shards).map(|_| None).collect::<Vec<_>>(), None),
         };
         let opened = match &config.outbox_dir {
-            Some(dir) => Some(durable::open(dir, &config)?),
+            Some(dir) => Some(outbox::directory::open(dir, &config)?),
             None => None,
         };
         let (outbox_lock, mut stores, recovery) = match opened {

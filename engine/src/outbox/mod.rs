@@ -9,8 +9,10 @@
 //! checksum fails. Must never depend on `shard` or the API: the shard calls in, with bytes.
 //!
 //! The per-shard store ([`store`]) ties them together: appends under a lock from the publishing
-//! threads, releases and syncs from the shard, and recovery when the engine starts.
+//! threads, releases and syncs from the shard, and recovery when the engine starts;
+//! [`directory`] opens the whole directory (its lock and every shard's store) at start.
 
+pub(crate) mod directory;
 pub(crate) mod lock;
 pub(crate) mod record;
 pub(crate) mod segment;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::proto::Connection;
 use crate::proto::handshake::Accepting;
-use crate::shard::socket::RawAddr;
+use crate::sys::socket::RawAddr;
 
 /// What a connection is doing.
 #[derive(Debug)]

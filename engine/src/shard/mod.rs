@@ -14,7 +14,6 @@
 mod bufring;
 mod conn;
 mod ring;
-pub(crate) mod socket;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -29,10 +28,9 @@ use io_uring::{cqueue, opcode, squeue, types};
 use slab::Slab;
 
 use crate::config::{Config, SyncPolicy};
-use crate::confirm::ConfirmSlot;
-use crate::durable::ShardDurable;
 use crate::error::Error;
 use crate::metrics::Counters;
+use crate::outbox::directory::ShardDurable;
 use crate::outbox::record;
 use crate::outbox::store::{RecoveredMessage, ShardOutbox};
 use crate::outbox::watermarks::{Entry, Watermarks};
@@ -41,7 +39,9 @@ use crate::proto::frame::{Frame, Seq, SessionId};
 use crate::proto::handshake::{Accepting, HelloInfo};
 use crate::proto::session::{RxSession, Sessions, TxEntry, TxSession};
 use crate::proto::{Connection, GoAwayReason, ProtocolError, Role};
+use crate::route::confirm::ConfirmSlot;
 use crate::route::{Command, Mailbox, PeerShared, ShardId};
+use crate::sys::socket;
 use crate::{EngineShared, Handler, MessageId, Peer};
 use bufring::BufRing;
 use conn::{Conn, Phase};

@@ -10,6 +10,8 @@
 //! Invariants: only the owning shard pops a peer's queue; a peer is on the ready list at most
 //! once (guarded by `notified`); `Mailbox::wake` writes the eventfd at most once per park.
 
+pub(crate) mod confirm;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::mem::MaybeUninit;
@@ -21,11 +23,11 @@ use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use crossbeam_utils::CachePadded;
 
-use crate::confirm::ConfirmSlot;
 use crate::error::Error;
 use crate::outbox::store::{AppendError, ShardOutbox};
 use crate::proto::handshake::HelloInfo;
 use crate::proto::{Seq, SessionId};
+use crate::route::confirm::ConfirmSlot;
 use crate::sync::{AtomicBool, AtomicU64, Ordering, UnsafeCell};
 use crate::{NodeId, PeerConfig};
 
