@@ -674,7 +674,7 @@ pub mod internals {
 
     use bytes::Bytes;
 
-    pub use crate::route::{Outgoing, PeerQueue};
+    pub use crate::route::queue::{Outgoing, PeerQueue};
 
     /// A message without a confirmation, as [`Peer::publish`](crate::Peer::publish) queues it.
     pub fn outgoing(payload: Bytes) -> Outgoing {

@@ -1,0 +1,130 @@
+//! A peer's state shared between the threads that publish to it and the shard that owns it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_utils::CachePadded;
+
+use crate::NodeId;
+use crate::error::Error;
+use crate::outbox::store::{AppendError, ShardOutbox};
+use crate::proto::{Seq, SessionId};
+use crate::route::ShardId;
+use crate::route::confirm::ConfirmSlot;
+use crate::route::mailbox::Mailbox;
+use crate::route::queue::{Outgoing, PeerQueue};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
+
+/// A peer's link to its shard's outbox.
+#[derive(Debug)]
+pub(crate) struct Durable {
+    pub outbox: Arc<ShardOutbox>,
+    /// The peer's slot in the outbox's session table, or why it has none (the table is full);
+    /// without one, publishing to the peer fails.
+    pub slot: Result<usize, String>,
+    /// The acknowledged seq the session table held at start.
+    pub acked_at_start: Seq,
+}
+
+/// State of one peer shared between the API threads and its owning shard.
+pub(crate) struct PeerShared {
+    /// Engine-wide numeric key, used by the shard to find its local state.
+    pub key: u32,
+    pub node_id: NodeId,
+    pub shard: ShardId,
+    /// This node's outbound session to the peer; it names every message id.
+    pub tx_session: SessionId,
+    pub queue: PeerQueue,
+    /// The outbox, if the engine has one.
+    pub durable: Option<Durable>,
+    /// Set while the peer sits on its shard's ready list.
+    pub notified: AtomicBool,
+    pub mailbox: Arc<Mailbox>,
+    /// Published by the shard for `stats()` after every receive; on a cache line of its own
+    /// so that those stores do not evict what every `publish` reads.
+    pub published: CachePadded<Published>,
+}
+
+/// A peer's state as its shard last published it: relaxed, read-only outside the shard.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    pub connected: AtomicBool,
+    pub srtt_ns: AtomicU64,
+    pub seq_acked: AtomicU64,
+    pub seq_delivered: AtomicU64,
+}
+
+impl PeerShared {
+    /// Queues a message and makes sure the shard will look at this peer. Returns the message's
+    /// sequence number.
+    pub(crate) fn push(self: &Arc<Self>, outgoing: Outgoing) -> Result<u64, Outgoing> {
+        let position = self.queue.push(outgoing)?;
+        self.notify();
+        Ok(position + 1)
+    }
+
+    /// Writes the message's outbox record, then queues it: the record is in the map before
+    /// this returns, so a crash afterwards cannot lose an accepted message.
+    pub(crate) fn push_durable(
+        self: &Arc<Self>,
+        durable: &Durable,
+        payload: Bytes,
+        confirm: Option<Arc<ConfirmSlot>>,
+    ) -> Result<u64, Error> {
+        let slot = match &durable.slot {
+            Ok(slot) => *slot,
+            Err(why) => {
+                tracing::warn!(peer = %self.node_id, why, "peer has no outbox session");
+                return Err(Error::OutboxFull {
+                    payload,
+                    disk_full: false,
+                });
+            }
+        };
+        let mut appender = durable.outbox.appender();
+        // Every producer of this queue holds the append lock, so it cannot fill up between
+        // this check and the push below, and the next position is ours.
+        if !self.queue.has_room_exclusive() {
+            return Err(Error::Backpressure(payload));
+        }
+        let seq = Seq(self.queue.pushed() + 1);
+        match appender.append(slot, self.tx_session, seq, &payload) {
+            Ok(()) => {}
+            Err(AppendError::Full { disk }) => {
+                return Err(Error::OutboxFull {
+                    payload,
+                    disk_full: disk,
+                });
+            }
+            Err(AppendError::PeerFull) => return Err(Error::Backpressure(payload)),
+            Err(AppendError::Failed) => return Err(Error::OutboxFailed),
+            Err(AppendError::Io(e)) => return Err(Error::io("creating an outbox segment", e)),
+        }
+        appender.set_next(slot, seq.next());
+        let position = self.queue.push_exclusive(Outgoing { payload, confirm });
+        drop(appender);
+        debug_assert_eq!(position + 1, seq.0);
+        self.notify();
+        Ok(seq.0)
+    }
+
+    fn notify(self: &Arc<Self>) {
+        // The slot's SeqCst stamp store in `push` orders before this load; the shard clears
+        // `notified` (SeqCst) before it pops. So either the shard's pop sees this message, or
+        // this load sees `false` and schedules the peer again.
+        if !self.notified.load(Ordering::SeqCst) && !self.notified.swap(true, Ordering::SeqCst) {
+            self.mailbox.ready.push(Arc::clone(self));
+            self.mailbox.wake();
+        }
+    }
+}
+
+impl fmt::Debug for PeerShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerShared")
+            .field("node_id", &self.node_id)
+            .field("shard", &self.shard)
+            .finish()
+    }
+}

@@ -1,0 +1,273 @@
+//! The per-peer publish queue: a bounded multi-producer, single-consumer ring whose push
+//! position is the message's sequence number minus one.
+
+use std::fmt;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_utils::CachePadded;
+
+use crate::route::confirm::ConfirmSlot;
+use crate::sync::{AtomicU64, Ordering, UnsafeCell};
+
+/// A message on its way from `publish` to the shard.
+///
+/// `pub` (not `pub(crate)`) only so that the `internals` feature can hand it to the benches.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub(crate) payload: Bytes,
+    pub(crate) confirm: Option<Arc<ConfirmSlot>>,
+}
+
+/// A bounded multi-producer, single-consumer ring (after Vyukov's bounded queue) whose push
+/// position is the message's sequence number minus one.
+///
+/// Each slot carries a stamp: `position` when free for the producer of that position,
+/// `position + 1` once written, `position + capacity` once consumed (free for the next lap).
+///
+/// `pub` (not `pub(crate)`) only so that the `internals` feature can hand it to the benches;
+/// `pop` stays crate-private because a second consumer would read a slot twice.
+pub struct PeerQueue {
+    head: CachePadded<AtomicU64>,
+    tail: CachePadded<AtomicU64>,
+    slots: Box<[Slot]>,
+    mask: u64,
+}
+
+struct Slot {
+    stamp: AtomicU64,
+    value: UnsafeCell<MaybeUninit<Outgoing>>,
+}
+
+// SAFETY: a slot's value is written only by the producer that won the CAS for its position and
+// read only by the single consumer after it observed the producer's stamp (release/acquire),
+// so no two threads touch a value at once. `Outgoing` is `Send`.
+unsafe impl Sync for PeerQueue {}
+// SAFETY: see `Sync`; the queue owns its values.
+unsafe impl Send for PeerQueue {}
+
+impl PeerQueue {
+    /// A queue with room for `len` messages, rounded up to a power of two.
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn new(len: usize) -> PeerQueue {
+        PeerQueue::starting_at(len, 0)
+    }
+
+    /// Like [`PeerQueue::new`], with `start` as the first position (a session that continues
+    /// after a restart).
+    pub(crate) fn starting_at(len: usize, start: u64) -> PeerQueue {
+        let capacity = len.max(2).next_power_of_two() as u64;
+        let mask = capacity - 1;
+        // Slot `i` is first used by the position in `start..start + capacity` congruent to it.
+        let slots = (0..capacity)
+            .map(|i| Slot {
+                stamp: AtomicU64::new(start + (i.wrapping_sub(start) & mask)),
+                value: UnsafeCell::new(MaybeUninit::uninit()),
+            })
+            .collect();
+        PeerQueue {
+            head: CachePadded::new(AtomicU64::new(start)),
+            tail: CachePadded::new(AtomicU64::new(start)),
+            slots,
+            mask,
+        }
+    }
+
+    /// Appends `value` when the caller is the only producer (every producer of this queue
+    /// holds one lock) and has checked [`PeerQueue::is_full`]: no CAS on the tail.
+    pub(crate) fn push_exclusive(&self, value: Outgoing) -> u64 {
+        let tail = self.tail.load(Ordering::Relaxed);
+        let slot = &self.slots[(tail & self.mask) as usize];
+        assert_eq!(
+            slot.stamp.load(Ordering::Acquire),
+            tail,
+            "push_exclusive on a full queue or with another producer"
+        );
+        // Release suffices: other producers are excluded by the caller's lock (whose release
+        // publishes this store to the next holder), and readers of `tail` only use it for
+        // scheduling and stats; the consumer synchronizes on the slot's stamp.
+        self.tail.store(tail + 1, Ordering::Release);
+        // SAFETY: the slot is free for position `tail` (its stamp says so) and no other
+        // producer runs, so this thread owns it until it publishes the stamp below.
+        slot.value.with_mut(|v| unsafe { (*v).write(value) });
+        slot.stamp.store(tail + 1, Ordering::SeqCst);
+        tail
+    }
+
+    /// Whether [`PeerQueue::push_exclusive`] has room now. Exact only for the sole producer; it
+    /// reads the next slot's stamp, not the consumer's `head`, whose cache line the consumer
+    /// writes on every pop.
+    pub(crate) fn has_room_exclusive(&self) -> bool {
+        let tail = self.tail.load(Ordering::Relaxed);
+        self.slots[(tail & self.mask) as usize]
+            .stamp
+            .load(Ordering::Acquire)
+            == tail
+    }
+
+    /// Appends `value`, returning its position; hands it back if the queue is full.
+    pub fn push(&self, value: Outgoing) -> Result<u64, Outgoing> {
+        let capacity = self.mask + 1;
+        let mut tail = self.tail.load(Ordering::Relaxed);
+        loop {
+            let slot = &self.slots[(tail & self.mask) as usize];
+            let stamp = slot.stamp.load(Ordering::Acquire);
+            if stamp == tail {
+                match self.tail.compare_exchange_weak(
+                    tail,
+                    tail + 1,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        // SAFETY: winning the CAS for `tail` gives this thread the slot until it
+                        // publishes the stamp below; the consumer reads only after that.
+                        slot.value.with_mut(|v| unsafe { (*v).write(value) });
+                        slot.stamp.store(tail + 1, Ordering::SeqCst);
+                        return Ok(tail);
+                    }
+                    Err(current) => tail = current,
+                }
+            } else if stamp + capacity == tail + 1 {
+                // The slot still holds the previous lap's value: full, unless the consumer just
+                // freed it.
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                if self.head.load(Ordering::SeqCst) + capacity == tail {
+                    return Err(value);
+                }
+                tail = self.tail.load(Ordering::Relaxed);
+            } else {
+                std::hint::spin_loop();
+                tail = self.tail.load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes the next value in position order. `None` if empty or if the next position's
+    /// producer has not finished writing (a later position is never returned before it).
+    ///
+    /// Only the owning shard may call this.
+    pub(crate) fn pop(&self) -> Option<(u64, Outgoing)> {
+        let head = self.head.load(Ordering::Relaxed);
+        let slot = &self.slots[(head & self.mask) as usize];
+        if slot.stamp.load(Ordering::SeqCst) != head + 1 {
+            return None;
+        }
+        // SAFETY: the stamp says the producer of `head` finished writing, and the single
+        // consumer is the only reader; the value is moved out exactly once before the stamp
+        // frees the slot for the next lap.
+        let value = slot.value.with_mut(|v| unsafe { (*v).assume_init_read() });
+        slot.stamp.store(head + self.mask + 1, Ordering::Release);
+        self.head.store(head + 1, Ordering::SeqCst);
+        Some((head, value))
+    }
+
+    /// Whether a value may be waiting (racy; for scheduling only).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.load(Ordering::SeqCst) == self.tail.load(Ordering::SeqCst)
+    }
+
+    /// Number of values ever pushed: the last assigned sequence number.
+    pub(crate) fn pushed(&self) -> u64 {
+        self.tail.load(Ordering::SeqCst)
+    }
+
+    /// Number of queued values (racy; for stats only).
+    pub(crate) fn len(&self) -> u64 {
+        self.tail
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.head.load(Ordering::Relaxed))
+    }
+}
+
+impl fmt::Debug for PeerQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerQueue")
+            .field("capacity", &(self.mask + 1))
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Drop for PeerQueue {
+    fn drop(&mut self) {
+        while self.pop().is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: u64) -> Outgoing {
+        Outgoing {
+            payload: Bytes::copy_from_slice(&n.to_le_bytes()),
+            confirm: None,
+        }
+    }
+
+    #[test]
+    fn queue_fills_refuses_and_drains_in_order() {
+        let q = PeerQueue::new(4);
+        for i in 0..4 {
+            assert_eq!(q.push(msg(i)).ok(), Some(i));
+        }
+        let back = q.push(msg(99)).expect_err("full");
+        assert_eq!(back.payload, Bytes::copy_from_slice(&99u64.to_le_bytes()));
+        assert_eq!(q.pop().map(|(p, _)| p), Some(0));
+        assert_eq!(q.push(msg(4)).ok(), Some(4));
+        let rest: Vec<u64> = std::iter::from_fn(|| q.pop().map(|(p, _)| p)).collect();
+        assert_eq!(rest, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_queue_can_start_at_any_position() {
+        let q = PeerQueue::starting_at(4, 1001);
+        for i in 0..4 {
+            assert_eq!(q.push(msg(i)).ok(), Some(1001 + i));
+        }
+        assert!(!q.has_room_exclusive());
+        assert!(q.push(msg(9)).is_err());
+        assert_eq!(q.pop().map(|(p, _)| p), Some(1001));
+        assert!(q.has_room_exclusive());
+        assert_eq!(q.push(msg(4)).ok(), Some(1005));
+        assert_eq!(q.pushed(), 1006);
+    }
+
+    #[test]
+    fn concurrent_producers_never_lose_or_reorder_positions() {
+        let q = Arc::new(PeerQueue::new(64));
+        let per_thread = 20_000u64;
+        let producers: Vec<_> = (0..3)
+            .map(|t| {
+                let q = Arc::clone(&q);
+                std::thread::spawn(move || {
+                    for i in 0..per_thread {
+                        let mut m = msg(t * per_thread + i);
+                        loop {
+                            match q.push(m) {
+                                Ok(_) => break,
+                                Err(back) => {
+                                    m = back;
+                                    std::thread::yield_now();
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut next = 0;
+        let mut seen = std::collections::HashSet::new();
+        while next < 3 * per_thread {
+            if let Some((position, m)) = q.pop() {
+                assert_eq!(position, next);
+                assert!(seen.insert(u64::from_le_bytes(m.payload[..].try_into().unwrap())));
+                next += 1;
+            }
+        }
+        producers.into_iter().for_each(|p| p.join().unwrap());
+        assert!(q.pop().is_none());
+    }
+}
