@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond Rust, if it is missing: python3, libfuse2 and fusepy for
-# the fsyncgate test's failing filesystem (scripts/failfs.py). Called by .ci/run and by that
-# test; safe to rerun. Needs root (apt) on a machine that lacks them.
+# the fsyncgate test's failing filesystem (scripts/failfs.py). Called by .ci/run before the
+# tests (the test installs nothing: without these it prints SKIPPED and passes); run it by hand
+# before `cargo test` elsewhere. Safe to rerun. Needs root (apt) on a machine that lacks them.
 set -euo pipefail
 
 apt_install() {

@@ -1,7 +1,9 @@
 //! Shared helpers for the integration tests: engines sized for a test machine, a handler that
-//! checks exactly-once, in-order delivery, and a patient publisher.
+//! checks exactly-once, in-order delivery, a patient publisher, and skipping a test whose
+//! prerequisite (root, a kernel feature, an installed package) this machine lacks.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,4 +185,34 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
         assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Says, as one line on stderr, that `test` is skipped and why: `SKIPPED <test>: <reason>`.
+///
+/// Rust tests have no skipped status: a test whose prerequisite is missing calls this and
+/// returns, so it passes, and this line is the signal. It is written to the process's stderr
+/// directly, not through `eprintln!`, which the test harness captures and shows only for a
+/// failing test; so it appears in a plain `cargo test`.
+pub fn skip(test: &str, reason: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// Whether this process runs as root (effective user id 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid takes no arguments, cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether this process runs as root. When it does not, prints
+/// `SKIPPED <test>: needs root to <action> (run as root, as CI does)` (see [`skip`]), and the
+/// test should return.
+pub fn require_root(test: &str, action: &str) -> bool {
+    let root = is_root();
+    if !root {
+        skip(
+            test,
+            &format!("needs root to {action} (run as root, as CI does)"),
+        );
+    }
+    root
 }
