@@ -17,6 +17,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod heartbeat;
+pub mod id;
 pub mod session;
 
 pub use connection::{Connection, ConnectionConfig, Role};

@@ -11,14 +11,15 @@
 //! once (guarded by `notified`); `Mailbox::wake` writes the eventfd at most once per park.
 
 pub(crate) mod confirm;
+pub(crate) mod handler;
 pub(crate) mod mailbox;
 pub(crate) mod peer;
 pub(crate) mod queue;
 pub(crate) mod registry;
+pub(crate) mod router;
 
 pub(crate) use mailbox::{Command, Mailbox};
 pub(crate) use peer::PeerShared;
-pub(crate) use queue::Outgoing;
 pub(crate) use registry::Registry;
 
 /// Index of a shard.

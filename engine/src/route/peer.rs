@@ -1,4 +1,5 @@
-//! A peer's state shared between the threads that publish to it and the shard that owns it.
+//! A peer: the [`Peer`] handle applications publish through, and the state it shares with the
+//! shard that owns the peer.
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,15 +7,111 @@ use std::sync::Arc;
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 
-use crate::NodeId;
 use crate::error::Error;
 use crate::outbox::store::{AppendError, ShardOutbox};
+use crate::proto::id::{MessageId, NodeId};
 use crate::proto::{Seq, SessionId};
 use crate::route::ShardId;
-use crate::route::confirm::ConfirmSlot;
+use crate::route::confirm::{Confirm, ConfirmSlot};
 use crate::route::mailbox::Mailbox;
 use crate::route::queue::{Outgoing, PeerQueue};
+use crate::route::router::Router;
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
+
+/// A handle to a remote node. Cheap to clone; usable from any thread, including handlers.
+#[derive(Clone)]
+pub struct Peer {
+    pub(crate) shared: Arc<PeerShared>,
+    pub(crate) router: Arc<Router>,
+}
+
+impl Peer {
+    /// The peer's node id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.shared.node_id
+    }
+
+    /// Queues `payload` for the peer. Never blocks and makes no syscall unless the shard is
+    /// asleep.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backpressure`] (with the payload) when the peer's queue is full,
+    /// [`Error::PayloadTooLarge`], or [`Error::ShuttingDown`].
+    pub fn publish(&self, payload: Bytes) -> Result<MessageId, Error> {
+        self.push(payload, None)
+    }
+
+    /// Like [`Peer::publish`], returning a future that resolves when the peer acknowledges.
+    pub fn publish_confirmed(&self, payload: Bytes) -> Confirm {
+        let slot = Arc::new(ConfirmSlot::new());
+        match self.push(payload, Some(Arc::clone(&slot))) {
+            Ok(id) => Confirm::pending(id, slot),
+            Err(err) => Confirm::failed(err),
+        }
+    }
+
+    fn push(&self, payload: Bytes, confirm: Option<Arc<ConfirmSlot>>) -> Result<MessageId, Error> {
+        if self
+            .router
+            .closing
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::ShuttingDown);
+        }
+        let len_max = self.router.config.payload_len_max();
+        if payload.len() > len_max {
+            return Err(Error::PayloadTooLarge {
+                len: payload.len(),
+                len_max,
+            });
+        }
+        let seq = match &self.shared.durable {
+            Some(durable) => self.shared.push_durable(durable, payload, confirm)?,
+            None => self
+                .shared
+                .push(Outgoing { payload, confirm })
+                .map_err(|back| Error::Backpressure(back.payload))?,
+        };
+        Ok(MessageId {
+            session: self.shared.tx_session,
+            seq,
+        })
+    }
+
+    /// This node's outbound session to the peer: with an outbox, the same across restarts.
+    pub fn session(&self) -> SessionId {
+        self.shared.tx_session
+    }
+
+    /// The sequence number the next accepted message will get. With an outbox it continues
+    /// across restarts: a sender that numbers its messages can resume from it.
+    pub fn seq_next(&self) -> u64 {
+        self.shared.queue.pushed() + 1
+    }
+
+    /// The highest sequence number the peer has acknowledged (as last published by the shard).
+    pub fn seq_acked(&self) -> u64 {
+        self.shared
+            .published
+            .seq_acked
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Peer")
+            .field("node_id", &self.shared.node_id)
+            .finish()
+    }
+}
+
+impl PartialEq for Peer {
+    fn eq(&self, other: &Peer) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
 
 /// A peer's link to its shard's outbox.
 #[derive(Debug)]

@@ -24,12 +24,13 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use io_uring::{cqueue, opcode, squeue, types};
 use slab::Slab;
 
 use crate::config::{Config, SyncPolicy};
 use crate::error::Error;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, SharedCounters};
 use crate::outbox::directory::ShardDurable;
 use crate::outbox::record;
 use crate::outbox::store::{RecoveredMessage, ShardOutbox};
@@ -37,12 +38,15 @@ use crate::outbox::watermarks::{Entry, Watermarks};
 use crate::proto::connection::{CloseCause, ConnectionConfig, Events};
 use crate::proto::frame::{Frame, Seq, SessionId};
 use crate::proto::handshake::{Accepting, HelloInfo};
+use crate::proto::id::MessageId;
 use crate::proto::session::{RxSession, Sessions, TxEntry, TxSession};
 use crate::proto::{Connection, GoAwayReason, ProtocolError, Role};
 use crate::route::confirm::ConfirmSlot;
+use crate::route::handler::Handler;
+use crate::route::peer::Peer;
+use crate::route::router::Router;
 use crate::route::{Command, Mailbox, PeerShared, ShardId};
 use crate::sys::socket;
-use crate::{EngineShared, Handler, MessageId, Peer};
 use bufring::BufRing;
 use conn::{Conn, Phase};
 use ring::{OpKind, OpTag, Ring};
@@ -50,7 +54,9 @@ use ring::{OpKind, OpTag, Ring};
 /// What a shard thread starts from.
 pub(crate) struct Init {
     pub id: ShardId,
-    pub engine: Arc<EngineShared>,
+    pub router: Arc<Router>,
+    /// Where this shard publishes its counters for `Engine::stats`.
+    pub counters: Arc<CachePadded<SharedCounters>>,
     pub handler: Arc<dyn Handler>,
     pub listener: Option<OwnedFd>,
     pub ready: mpsc::Sender<Result<(), Error>>,
@@ -59,7 +65,7 @@ pub(crate) struct Init {
 
 /// The shard thread's body: sets up the ring, reports readiness, runs the loop, tears down.
 pub(crate) fn run(init: Init) {
-    let config = Arc::clone(&init.engine.config);
+    let config = Arc::clone(&init.router.config);
     if config.pin_shards {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         if let Err(e) = socket::pin_to_core((config.first_core + init.id.0) % cores) {
@@ -86,7 +92,7 @@ pub(crate) fn run(init: Init) {
     };
     let mut shard = Shard::new(init, ring, bufs, config);
     // Counters set at start (what recovery found) are visible as soon as `start` returns.
-    shard.st.engine.counters[shard.st.id.0].publish(&shard.st.counters);
+    shard.st.shared_counters.publish(&shard.st.counters);
     let _ = shard.ready.send(Ok(()));
     shard.run_loop();
     if !shard.teardown() {
@@ -123,7 +129,8 @@ struct Shard {
 /// Everything but the ring: what completions and timers act on.
 struct State {
     id: ShardId,
-    engine: Arc<EngineShared>,
+    router: Arc<Router>,
+    shared_counters: Arc<CachePadded<SharedCounters>>,
     config: Arc<Config>,
     proto_config: Arc<ConnectionConfig>,
     handler: Arc<dyn Handler>,
@@ -239,8 +246,9 @@ impl Shard {
                     ..Counters::default()
                 },
                 id: init.id,
-                mailbox: Arc::clone(&init.engine.mailboxes[init.id.0]),
-                engine: init.engine,
+                mailbox: Arc::clone(&init.router.mailboxes[init.id.0]),
+                router: init.router,
+                shared_counters: init.counters,
                 config,
                 proto_config,
                 handler: init.handler,
@@ -286,7 +294,7 @@ impl Shard {
             self.arm_reserved();
             self.st.release_acked();
             self.st.counters.ring_enters = self.ring.enters;
-            self.st.engine.counters[self.st.id.0].publish(&self.st.counters);
+            self.st.shared_counters.publish(&self.st.counters);
             if let Err(e) = self.wait() {
                 tracing::error!(shard = self.st.id.0, error = %e, "io_uring_enter failed; shard stops");
                 return;
@@ -1154,7 +1162,7 @@ impl State {
             let message = "hello claims this node's own id";
             return self.reject_with(index, GoAwayReason::WrongPeer, message);
         }
-        let shared = self.engine.peer_shared(&hello.node_id);
+        let shared = self.router.peer_shared(&hello.node_id);
         if shared.shard == self.id {
             return self.adopt(index, hello, shared);
         }
@@ -1370,7 +1378,7 @@ impl State {
         let index = self.peers.insert(PeerState {
             handle: Peer {
                 shared: Arc::clone(shared),
-                engine: Arc::clone(&self.engine),
+                router: Arc::clone(&self.router),
             },
             sessions,
             rx_slot,

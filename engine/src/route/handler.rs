@@ -1,0 +1,60 @@
+//! The way back across the boundary: the application's [`Handler`], called on the shard thread
+//! that owns a peer.
+
+use std::sync::Arc;
+
+use crate::proto::id::MessageId;
+use crate::route::peer::Peer;
+
+/// Receives messages. Runs on the shard thread that owns the peer: it must not block.
+pub trait Handler: Send + Sync + 'static {
+    /// A message from `peer`, delivered exactly once and in order per peer.
+    fn on_message(&self, peer: &Peer, id: MessageId, payload: &[u8]);
+
+    /// A connection to `peer` completed its handshake.
+    fn on_connected(&self, _peer: &Peer) {}
+
+    /// The connection to `peer` closed; unacknowledged messages wait for the next one.
+    fn on_disconnected(&self, _peer: &Peer) {}
+
+    /// `peer` accepted message `id` but lost it (its outbox record was damaged): it will never
+    /// be delivered. Counted in `msgs_lost_by_peer`; the peer reports it as `outbox_lost`.
+    fn on_lost(&self, _peer: &Peer, _id: MessageId) {}
+
+    /// `count` messages to `peer`, starting at `first`, have waited for its acknowledgement
+    /// longer than [`Config::session_buffer_window`](crate::Config::session_buffer_window). They are kept and still delivered when the
+    /// peer returns; this says the peer has been away that long. Reported once per message,
+    /// also counted in `msgs_window_exceeded`.
+    fn on_window_exceeded(&self, _peer: &Peer, _first: MessageId, _count: u64) {}
+}
+
+/// A shared handler: keep an `Arc` to read what it collected.
+impl<H: Handler> Handler for Arc<H> {
+    fn on_message(&self, peer: &Peer, id: MessageId, payload: &[u8]) {
+        (**self).on_message(peer, id, payload);
+    }
+
+    fn on_connected(&self, peer: &Peer) {
+        (**self).on_connected(peer);
+    }
+
+    fn on_disconnected(&self, peer: &Peer) {
+        (**self).on_disconnected(peer);
+    }
+
+    fn on_lost(&self, peer: &Peer, id: MessageId) {
+        (**self).on_lost(peer, id);
+    }
+
+    fn on_window_exceeded(&self, peer: &Peer, first: MessageId, count: u64) {
+        (**self).on_window_exceeded(peer, first, count);
+    }
+}
+
+/// The handler of an engine that only sends: drops what it receives.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Discard;
+
+impl Handler for Discard {
+    fn on_message(&self, _: &Peer, _: MessageId, _: &[u8]) {}
+}
