@@ -10,6 +10,9 @@ use crate::proto::Connection;
 use crate::proto::handshake::Accepting;
 use crate::sys::socket::RawAddr;
 
+use super::State;
+use super::ring;
+
 /// What a connection is doing.
 #[derive(Debug)]
 pub(crate) enum Phase {
@@ -84,5 +87,25 @@ impl Conn {
     /// Whether nothing is left to send.
     pub(crate) fn is_flushed(&self) -> bool {
         !self.send_in_flight && self.sent >= self.sending.len() && self.out.is_empty()
+    }
+}
+
+impl State {
+    pub(super) fn new_conn(&mut self, fd: OwnedFd, phase: Phase) -> usize {
+        let generation = self.generation_next;
+        self.generation_next = (self.generation_next + 1) & ring::GENERATION_MASK;
+        let index = self.conns.insert(Conn::new(fd, generation, phase));
+        self.counters.connections += 1;
+        self.mark_dirty(index);
+        index
+    }
+
+    pub(super) fn mark_dirty(&mut self, index: usize) {
+        if let Some(conn) = self.conns.get_mut(index)
+            && !conn.dirty
+        {
+            conn.dirty = true;
+            self.dirty.push(index);
+        }
     }
 }

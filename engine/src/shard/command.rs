@@ -1,0 +1,43 @@
+//! Control commands from other threads: connect a peer, adopt a connection, shut down.
+
+use crate::route::Command;
+
+use super::COMMAND_BUDGET;
+use super::State;
+use super::conn::Phase;
+use super::dial::Dial;
+use super::shutdown::Shutdown;
+
+impl State {
+    pub(super) fn run_commands(&mut self) {
+        for _ in 0..COMMAND_BUDGET {
+            let Some(command) = self.mailbox.commands.pop() else {
+                break;
+            };
+            match command {
+                Command::Connect { peer, config } => {
+                    let index = self.ensure_peer(&peer);
+                    let ps = &mut self.peers[index];
+                    ps.dial = Some(Dial {
+                        endpoints: config.endpoints,
+                        next: 0,
+                        attempt: 0,
+                    });
+                    self.start_dial(index);
+                }
+                Command::Adopt { fd, hello, peer } => {
+                    let index = self.new_conn(fd, Phase::Detached);
+                    self.adopt(index, hello, peer);
+                }
+                Command::Shutdown { drain_until } => {
+                    if self.shutdown.is_none() {
+                        self.shutdown = Some(Shutdown {
+                            drain_until,
+                            closing_since: None,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}

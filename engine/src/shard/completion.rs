@@ -1,0 +1,98 @@
+//! Reaping completions: each CQE is decoded from its `user_data` and handed to the state its
+//! operation belongs to.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use io_uring::cqueue;
+
+use super::CQE_BUDGET;
+use super::Shard;
+use super::ring::{OpKind, OpTag};
+
+impl Shard {
+    pub(super) fn reap(&mut self) {
+        self.collect_cqes();
+        let mut cqes = std::mem::take(&mut self.cqes);
+        for &(user_data, res, flags) in &cqes {
+            self.complete(user_data, res, flags);
+        }
+        cqes.clear();
+        self.cqes = cqes;
+    }
+
+    /// Copies up to `CQE_BUDGET` completions out of the ring, syncing its head once.
+    pub(super) fn collect_cqes(&mut self) {
+        let mut cq = self.ring.uring.completion();
+        self.cqes.extend(
+            cq.by_ref()
+                .take(CQE_BUDGET)
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+    }
+
+    pub(super) fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
+        let Some(tag) = OpTag::decode(user_data) else {
+            tracing::error!(user_data, "completion with unknown user_data");
+            return;
+        };
+        match tag.kind {
+            OpKind::Wake => self.wake_armed = false,
+            OpKind::Cancel => {}
+            OpKind::Accept => {
+                if !cqueue::more(flags) {
+                    self.accept_armed = false;
+                }
+                if res >= 0 {
+                    // SAFETY: a successful accept returns a new descriptor that we now own.
+                    let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                    self.st.on_accept(fd);
+                } else if res != -libc::ECANCELED {
+                    tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
+                }
+            }
+            OpKind::Recv => {
+                let index = tag.index as usize;
+                if !cqueue::more(flags) {
+                    self.st.conns[index].recv_armed = false;
+                }
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    if res > 0 {
+                        self.st.on_data(index, self.bufs.get(bid, res as usize));
+                    }
+                    self.bufs.recycle(bid);
+                }
+                if res == 0 {
+                    self.st.on_eof(index);
+                } else if res < 0 && res != -libc::ENOBUFS {
+                    self.st.on_io_error(index, -res);
+                }
+                self.st.mark_dirty(index);
+            }
+            OpKind::Send => {
+                let index = tag.index as usize;
+                let conn = &mut self.st.conns[index];
+                conn.send_in_flight = false;
+                if res >= 0 {
+                    conn.sent += res as usize;
+                    self.st.counters.bytes_sent += res as u64;
+                } else {
+                    conn.sending.clear();
+                    conn.sent = 0;
+                    conn.out.clear();
+                    self.st.on_io_error(index, -res);
+                }
+                self.st.mark_dirty(index);
+            }
+            OpKind::Connect => {
+                let index = tag.index as usize;
+                self.st.conns[index].connect_in_flight = false;
+                if res == 0 {
+                    self.st.on_connected(index);
+                } else {
+                    self.st.on_io_error(index, -res);
+                }
+                self.st.mark_dirty(index);
+            }
+        }
+    }
+}

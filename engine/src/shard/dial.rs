@@ -1,0 +1,73 @@
+//! Dialing a peer: one endpoint after the other, redialing with backoff and jitter.
+
+use std::cmp::Reverse;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::sys::socket;
+
+use super::State;
+use super::conn::Phase;
+use super::timer::Timer;
+
+pub(super) struct Dial {
+    pub(super) endpoints: Vec<SocketAddr>,
+    pub(super) next: usize,
+    pub(super) attempt: u32,
+}
+
+impl State {
+    pub(super) fn start_dial(&mut self, peer: usize) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let ps = &mut self.peers[peer];
+        if ps.conn.is_some() {
+            return;
+        }
+        let Some(dial) = &mut ps.dial else { return };
+        let addr = dial.endpoints[dial.next % dial.endpoints.len()];
+        dial.next += 1;
+        let fd = match socket::tcp_socket(&addr) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "socket creation failed");
+                return self.schedule_redial(peer, Duration::ZERO);
+            }
+        };
+        let deadline = self.now + self.config.connect_timeout;
+        let index = self.new_conn(fd, Phase::Connecting { peer, deadline });
+        let conn = &mut self.conns[index];
+        conn.addr = Some(Box::new(socket::RawAddr::new(addr)));
+        conn.connect_queued = true;
+        self.peers[peer].conn = Some(index);
+    }
+
+    pub(super) fn schedule_redial(&mut self, peer: usize, retry_after: Duration) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let unit = self.random_unit();
+        let ps = &mut self.peers[peer];
+        let Some(dial) = &mut ps.dial else { return };
+        let delay = self
+            .config
+            .backoff
+            .delay(dial.attempt, unit)
+            .max(retry_after);
+        dial.attempt = dial.attempt.saturating_add(1);
+        let at = self.now + delay;
+        ps.redial_at = Some(at);
+        self.timers.push(Reverse((at, Timer::Redial { peer })));
+    }
+
+    /// A uniform sample in [0, 1) for backoff jitter (splitmix64).
+    pub(super) fn random_unit(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

@@ -1,0 +1,122 @@
+//! Protocol events into the handler, the counters and the outbox.
+
+use crate::metrics::Counters;
+use crate::outbox::record;
+use crate::outbox::watermarks::Entry;
+use crate::proto::connection::Events;
+use crate::proto::frame::{Seq, SessionId};
+use crate::proto::id::MessageId;
+use crate::proto::session::TxEntry;
+use crate::route::handler::Handler;
+use crate::route::peer::Peer;
+
+use super::durable::DurableState;
+use super::peer::Token;
+
+/// Feeds protocol events to the handler, the counters and the outbox.
+pub(super) struct ShardEvents<'a> {
+    handler: &'a dyn Handler,
+    peer: &'a Peer,
+    counters: &'a mut Counters,
+    durable: Option<&'a mut DurableState>,
+    rx_slot: &'a mut Option<(usize, SessionId)>,
+    /// The highest seq acknowledged during this call, if any, and the outbox record space of
+    /// the messages it acknowledged.
+    acked: Option<Seq>,
+    acked_bytes: u64,
+}
+
+impl<'a> ShardEvents<'a> {
+    pub(super) fn new(
+        handler: &'a dyn Handler,
+        peer: &'a Peer,
+        rx_slot: &'a mut Option<(usize, SessionId)>,
+        counters: &'a mut Counters,
+        durable: Option<&'a mut DurableState>,
+    ) -> ShardEvents<'a> {
+        ShardEvents {
+            handler,
+            peer,
+            counters,
+            durable,
+            rx_slot,
+            acked: None,
+            acked_bytes: 0,
+        }
+    }
+
+    /// Hands what these events acknowledged (the peer's new acknowledged seq and the record
+    /// space freed) to the outbox's once-per-turn release.
+    pub(super) fn finish(self) {
+        if let (Some(seq), Some(durable), Some(d)) =
+            (self.acked, self.durable, &self.peer.shared.durable)
+            && let Ok(slot) = d.slot
+        {
+            durable.acked.push((slot, seq, self.acked_bytes));
+        }
+    }
+
+    /// Stores the delivered watermark, after the handler ran: a crash between the two
+    /// redelivers that one message after the restart, and nothing else.
+    fn store_delivered(&mut self, session: SessionId, seq: Seq) {
+        let (Some(durable), Some((slot, stored))) =
+            (self.durable.as_deref_mut(), self.rx_slot.as_mut())
+        else {
+            return;
+        };
+        durable.received_dirty = true;
+        if *stored == session {
+            durable.received.set_a(*slot, seq);
+        } else {
+            durable.received.set(
+                *slot,
+                Entry {
+                    session,
+                    a: seq,
+                    b: Seq::ZERO,
+                },
+            );
+            *stored = session;
+        }
+    }
+}
+
+impl Events<Token> for ShardEvents<'_> {
+    fn on_message(&mut self, session: SessionId, seq: Seq, payload: &[u8]) {
+        self.counters.msgs_received += 1;
+        self.counters.bytes_received += payload.len() as u64;
+        self.handler.on_message(
+            self.peer,
+            MessageId {
+                session,
+                seq: seq.0,
+            },
+            payload,
+        );
+        self.store_delivered(session, seq);
+    }
+
+    fn on_lost(&mut self, session: SessionId, seq: Seq) {
+        self.counters.msgs_lost_by_peer += 1;
+        tracing::error!(peer = %self.peer.node_id(), %session, seq = seq.0, "peer lost an accepted message");
+        self.handler.on_lost(
+            self.peer,
+            MessageId {
+                session,
+                seq: seq.0,
+            },
+        );
+        self.store_delivered(session, seq);
+    }
+
+    fn on_acked(&mut self, seq: Seq, entry: TxEntry<Token>) {
+        self.counters.msgs_acked += 1;
+        self.acked = Some(seq);
+        if let Some(confirm) = entry.token.confirm {
+            confirm.complete();
+        }
+        if self.durable.is_some() {
+            self.acked_bytes += record::space(entry.payload.len()) as u64;
+        }
+    }
+}

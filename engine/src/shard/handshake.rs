@@ -1,0 +1,126 @@
+//! Connections on their way to a peer: accepted sockets and their HELLO, routing a HELLO to
+//! the shard that owns the peer, adopting it there, and dials whose connect completed.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::proto::handshake::{Accepting, HelloInfo};
+use crate::proto::{Connection, GoAwayReason, Role};
+use crate::route::{Command, PeerShared};
+use crate::sys::socket;
+
+use super::State;
+use super::conn::Phase;
+use super::events::ShardEvents;
+
+impl State {
+    pub(super) fn on_accept(&mut self, fd: OwnedFd) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        if let Err(e) = socket::set_nodelay(fd.as_raw_fd()) {
+            tracing::warn!(error = %e, "TCP_NODELAY on an accepted socket failed");
+        }
+        let deadline = self.now + self.config.handshake_timeout;
+        let index = self.new_conn(
+            fd,
+            Phase::Accepting(Accepting::new(self.config.body_len_max, deadline)),
+        );
+        self.conns[index].recv_wanted = true;
+    }
+
+    pub(super) fn on_connected(&mut self, index: usize) {
+        let conn = &mut self.conns[index];
+        let Phase::Connecting { peer, .. } = conn.phase else {
+            return;
+        };
+        let ps = &self.peers[peer];
+        let proto = Connection::dial(
+            Arc::clone(&self.proto_config),
+            ps.shared.node_id.as_str(),
+            &ps.sessions,
+            self.now,
+        );
+        conn.phase = Phase::Linked { peer, proto };
+        conn.addr = None;
+        conn.recv_wanted = true;
+    }
+
+    /// The dialer's HELLO arrived: adopt the connection here or hand it to the owning shard.
+    pub(super) fn route_hello(&mut self, index: usize, hello: HelloInfo) {
+        if hello.node_id == self.config.node_id {
+            self.counters.protocol_errors += 1;
+            let message = "hello claims this node's own id";
+            return self.reject_with(index, GoAwayReason::WrongPeer, message);
+        }
+        let shared = self.router.peer_shared(&hello.node_id);
+        if shared.shard == self.id {
+            return self.adopt(index, hello, shared);
+        }
+        // The single-shot receive that carried the HELLO has completed and nothing else is in
+        // flight, so the socket can move.
+        let conn = self.conns.remove(index);
+        debug_assert!(!conn.has_ops_in_flight());
+        self.counters.connections -= 1;
+        let mailbox = Arc::clone(&shared.mailbox);
+        mailbox.send(Command::Adopt {
+            fd: conn.fd,
+            hello,
+            peer: shared,
+        });
+    }
+
+    pub(super) fn adopt(&mut self, index: usize, hello: HelloInfo, shared: Arc<PeerShared>) {
+        let peer = self.ensure_peer(&shared);
+        if let Some(existing) = self.peers[peer].conn {
+            let ours = match &self.conns[existing].phase {
+                Phase::Connecting { .. } => true,
+                Phase::Linked { proto, .. } => proto.role() == Role::Dialer,
+                _ => false,
+            };
+            // Both sides dialed each other: keep the connection dialed by the smaller node id.
+            if ours && self.config.node_id.as_str() < hello.node_id.as_str() {
+                return self.reject_with(
+                    index,
+                    GoAwayReason::Replaced,
+                    "crossing dials; keeping ours",
+                );
+            }
+            if let Phase::Linked { proto, .. } = &mut self.conns[existing].phase {
+                proto.close(
+                    &self.peers[peer].sessions,
+                    GoAwayReason::Replaced,
+                    "replaced by a newer connection",
+                );
+            }
+            self.begin_close(existing, Duration::ZERO);
+        }
+        let ps = &mut self.peers[peer];
+        let mut events = ShardEvents::new(
+            &*self.handler,
+            &ps.handle,
+            &mut ps.rx_slot,
+            &mut self.counters,
+            self.durable.as_mut(),
+        );
+        let accepted = Connection::accept(
+            Arc::clone(&self.proto_config),
+            &hello,
+            &mut ps.sessions,
+            self.now,
+            &mut events,
+        );
+        events.finish();
+        match accepted {
+            Ok(proto) => {
+                let conn = &mut self.conns[index];
+                conn.phase = Phase::Linked { peer, proto };
+                conn.recv_wanted = true;
+                ps.conn = Some(index);
+                self.on_established(peer);
+            }
+            Err(err) => self.reject(index, &err),
+        }
+    }
+}

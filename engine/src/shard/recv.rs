@@ -1,0 +1,78 @@
+//! Received bytes: into the HELLO reader of an accepted socket, or through the peer's
+//! connection state machine.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::proto::connection::CloseCause;
+
+use super::State;
+use super::conn::Phase;
+use super::events::ShardEvents;
+
+impl State {
+    pub(super) fn on_data(&mut self, index: usize, data: &[u8]) {
+        let now = self.now;
+        let conn = &mut self.conns[index];
+        match &mut conn.phase {
+            Phase::Accepting(acc) => match acc.handle_bytes(data) {
+                Ok(None) => {}
+                Ok(Some(hello)) => self.route_hello(index, hello),
+                Err(err) => self.reject(index, &err),
+            },
+            Phase::Linked { peer, proto } => {
+                let peer = *peer;
+                let ps = &mut self.peers[peer];
+                let was_established = proto.is_established();
+                let mut events = ShardEvents::new(
+                    &*self.handler,
+                    &ps.handle,
+                    &mut ps.rx_slot,
+                    &mut self.counters,
+                    self.durable.as_mut(),
+                );
+                let result = proto.handle_bytes(&mut ps.sessions, data, now, &mut events);
+                events.finish();
+                ps.shared
+                    .published
+                    .seq_delivered
+                    .store(ps.sessions.rx.seq_delivered().0, Ordering::Relaxed);
+                ps.shared
+                    .published
+                    .seq_acked
+                    .store(ps.sessions.tx.seq_acked().0, Ordering::Relaxed);
+                if let Some(rtt) = proto.srtt() {
+                    let rtt_ns = rtt.as_nanos().clamp(1, u128::from(u64::MAX)) as u64;
+                    ps.shared.published.srtt_ns.store(rtt_ns, Ordering::Relaxed);
+                }
+                if let Err(err) = &result {
+                    self.counters.protocol_errors += 1;
+                    tracing::warn!(peer = %ps.shared.node_id, error = %err, "protocol error; closing connection");
+                }
+                let established = proto.is_established();
+                let retry_after = match proto.close_cause() {
+                    Some(CloseCause::GoAwayReceived {
+                        reason,
+                        retry_after_ms,
+                        message,
+                    }) => {
+                        tracing::info!(peer = %ps.shared.node_id, ?reason, message, "peer sent goaway");
+                        Some(Duration::from_millis(u64::from(*retry_after_ms)))
+                    }
+                    Some(_) => Some(Duration::ZERO),
+                    None => None,
+                };
+                if !ps.shared.queue.is_empty() {
+                    self.drain_again.push(peer);
+                }
+                if !was_established && established {
+                    self.on_established(peer);
+                }
+                if let Some(retry_after) = retry_after {
+                    self.begin_close(index, retry_after);
+                }
+            }
+            Phase::Connecting { .. } | Phase::Detached => {}
+        }
+    }
+}
