@@ -5,8 +5,8 @@ use crate::route::Command;
 use super::COMMAND_BUDGET;
 use super::State;
 use super::conn::Phase;
-use super::dial::Dial;
 use super::shutdown::Shutdown;
+use crate::net::dial::DialPlan;
 
 impl State {
     pub(super) fn run_commands(&mut self) {
@@ -18,11 +18,7 @@ impl State {
                 Command::Connect { peer, config } => {
                     let index = self.ensure_peer(&peer);
                     let ps = &mut self.peers[index];
-                    ps.dial = Some(Dial {
-                        endpoints: config.endpoints,
-                        next: 0,
-                        attempt: 0,
-                    });
+                    ps.dial = Some(DialPlan::new(config.endpoints));
                     self.start_dial(index);
                 }
                 Command::Adopt { fd, hello, peer } => {

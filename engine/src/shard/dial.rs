@@ -1,7 +1,6 @@
-//! Dialing a peer: one endpoint after the other, redialing with backoff and jitter.
+//! Dialing a peer: executes its `net::dial::DialPlan` (which endpoint, how long to wait).
 
 use std::cmp::Reverse;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::sys::socket;
@@ -9,12 +8,6 @@ use crate::sys::socket;
 use super::State;
 use super::conn::Phase;
 use super::timer::Timer;
-
-pub(super) struct Dial {
-    pub(super) endpoints: Vec<SocketAddr>,
-    pub(super) next: usize,
-    pub(super) attempt: u32,
-}
 
 impl State {
     pub(super) fn start_dial(&mut self, peer: usize) {
@@ -26,8 +19,7 @@ impl State {
             return;
         }
         let Some(dial) = &mut ps.dial else { return };
-        let addr = dial.endpoints[dial.next % dial.endpoints.len()];
-        dial.next += 1;
+        let addr = dial.next_endpoint();
         let fd = match socket::tcp_socket(&addr) {
             Ok(fd) => fd,
             Err(e) => {
@@ -50,12 +42,7 @@ impl State {
         let unit = self.random_unit();
         let ps = &mut self.peers[peer];
         let Some(dial) = &mut ps.dial else { return };
-        let delay = self
-            .config
-            .backoff
-            .delay(dial.attempt, unit)
-            .max(retry_after);
-        dial.attempt = dial.attempt.saturating_add(1);
+        let delay = dial.handle_failure(&self.config.backoff, retry_after, unit);
         let at = self.now + delay;
         ps.redial_at = Some(at);
         self.timers.push(Reverse((at, Timer::Redial { peer })));

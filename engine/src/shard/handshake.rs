@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::dial::crossing_keeps_ours;
 use crate::proto::handshake::{Accepting, HelloInfo};
 use crate::proto::{Connection, GoAwayReason, Role};
 use crate::route::{Command, PeerShared};
@@ -80,7 +81,7 @@ impl State {
                 _ => false,
             };
             // Both sides dialed each other: keep the connection dialed by the smaller node id.
-            if ours && self.config.node_id.as_str() < hello.node_id.as_str() {
+            if ours && crossing_keeps_ours(&self.config.node_id, &hello.node_id) {
                 return self.reject_with(
                     index,
                     GoAwayReason::Replaced,

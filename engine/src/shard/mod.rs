@@ -54,7 +54,7 @@ use crate::proto::connection::ConnectionConfig;
 use crate::route::handler::Handler;
 use crate::route::router::Router;
 use crate::route::{Mailbox, ShardId};
-use crate::sys::socket;
+use crate::sys::affinity;
 
 use bufring::BufRing;
 use conn::Conn;
@@ -81,7 +81,7 @@ pub(crate) fn run(init: Init) {
     let config = Arc::clone(&init.router.config);
     if config.pin_shards {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if let Err(e) = socket::pin_to_core((config.first_core + init.id.0) % cores) {
+        if let Err(e) = affinity::pin_to_core((config.first_core + init.id.0) % cores) {
             tracing::warn!(shard = init.id.0, error = %e, "could not pin shard thread");
         }
     }

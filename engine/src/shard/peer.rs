@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use crate::net::dial::DialPlan;
 use crate::proto::frame::{Seq, SessionId};
 use crate::proto::session::Sessions;
 use crate::route::PeerShared;
@@ -14,7 +15,6 @@ use crate::route::peer::Peer;
 
 use super::State;
 use super::conn::Phase;
-use super::dial::Dial;
 use super::durable::restore_sessions;
 use super::window::window_grain;
 use super::{COMMAND_BUDGET, DRAIN_BUDGET};
@@ -34,7 +34,7 @@ pub(super) struct PeerState {
     /// The connection serving this peer (dialing, handshaking or established).
     pub(super) conn: Option<usize>,
     pub(super) established: bool,
-    pub(super) dial: Option<Dial>,
+    pub(super) dial: Option<DialPlan>,
     pub(super) redial_at: Option<Instant>,
     /// Session buffer window bookkeeping: (s, t) means every seq up to `s` was taken from the
     /// queue by `t`. Coarse (see `window_grain`), pruned as ACKs arrive.
@@ -155,7 +155,7 @@ impl State {
         let ps = &mut self.peers[peer];
         ps.established = true;
         if let Some(dial) = &mut ps.dial {
-            dial.attempt = 0;
+            dial.handle_established();
         }
         ps.shared
             .published

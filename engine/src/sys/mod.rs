@@ -4,4 +4,14 @@
 //! returns an `io::Result`; no policy lives here. Must never depend on any other module of the
 //! crate.
 
+/// Calls `libc::$fn`, mapping -1 to the thread's last OS error.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: every call site passes pointers to live, correctly sized locals.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 { Err(std::io::Error::last_os_error()) } else { Ok(res) }
+    }};
+}
+
+pub(crate) mod affinity;
 pub(crate) mod socket;

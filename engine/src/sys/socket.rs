@@ -1,17 +1,9 @@
-//! Thin wrappers over the socket and thread syscalls the shards need, with `io::Result`s.
+//! Thin wrappers over the socket syscalls the shards need, with `io::Result`s.
 
 use std::io;
 use std::mem;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-macro_rules! syscall {
-    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
-        // SAFETY: every call site passes pointers to live, correctly sized locals.
-        let res = unsafe { libc::$fn($($arg),*) };
-        if res == -1 { Err(io::Error::last_os_error()) } else { Ok(res) }
-    }};
-}
 
 /// A socket address in the kernel's layout, with a stable address for io_uring connect.
 #[derive(Clone, Copy)]
@@ -172,18 +164,4 @@ pub(crate) fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
 pub(crate) fn shutdown(fd: RawFd) {
     // SAFETY: no pointers; an error (already shut down, not connected) needs no handling.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-}
-
-/// Pins the calling thread to `core`.
-pub(crate) fn pin_to_core(core: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain old data; CPU_SET writes within it.
-    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
-    // SAFETY: `core` is reduced modulo the available cores by the caller, below CPU_SETSIZE.
-    unsafe { libc::CPU_SET(core, &mut set) };
-    syscall!(sched_setaffinity(
-        0,
-        mem::size_of::<libc::cpu_set_t>(),
-        &raw const set
-    ))
-    .map(drop)
 }
