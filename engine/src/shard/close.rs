@@ -16,7 +16,7 @@ impl State {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
-        conn.recv_wanted = false;
+        conn.recv.wanted = false;
         match &mut conn.phase {
             Phase::Accepting(acc) => match acc.handle_eof() {
                 Some(err) => self.reject(index, &err),
@@ -39,7 +39,7 @@ impl State {
             return;
         };
         tracing::debug!(index, error = %std::io::Error::from_raw_os_error(errno), "connection i/o failed");
-        conn.recv_wanted = false;
+        conn.recv.wanted = false;
         conn.out.clear();
         if !conn.shut {
             conn.shut = true;
@@ -63,7 +63,7 @@ impl State {
             message,
         }
         .encode(&mut conn.out);
-        conn.recv_wanted = false;
+        conn.recv.wanted = false;
         self.begin_close(index, Duration::ZERO);
     }
 
@@ -72,7 +72,7 @@ impl State {
         let now = self.now;
         let conn = &mut self.conns[index];
         conn.closing = true;
-        conn.recv_wanted = false;
+        conn.recv.wanted = false;
         let phase = std::mem::replace(&mut conn.phase, Phase::Detached);
         let peer = match phase {
             Phase::Linked { peer, mut proto } => {

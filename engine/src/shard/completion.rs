@@ -36,12 +36,10 @@ impl Shard {
             return;
         };
         match tag.kind {
-            OpKind::Wake => self.wake_armed = false,
+            OpKind::Wake => self.wake.state.complete(false),
             OpKind::Cancel => {}
             OpKind::Accept => {
-                if !cqueue::more(flags) {
-                    self.accept_armed = false;
-                }
+                self.accept.state.complete(cqueue::more(flags));
                 if res >= 0 {
                     // SAFETY: a successful accept returns a new descriptor that we now own.
                     let fd = unsafe { OwnedFd::from_raw_fd(res) };
@@ -50,11 +48,21 @@ impl Shard {
                     tracing::warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
                 }
             }
+            OpKind::Recv | OpKind::Send | OpKind::Connect if !self.st.is_current(tag) => {
+                // Connections are freed only when all their ops are idle, so a completion for a
+                // slot that was freed or reused is a bug; drop it rather than act on a stranger.
+                tracing::error!(?tag, res, "completion for a connection that is gone");
+                debug_assert!(false, "stale completion {tag:?}");
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    self.bufs.recycle(bid);
+                }
+            }
             OpKind::Recv => {
                 let index = tag.index as usize;
-                if !cqueue::more(flags) {
-                    self.st.conns[index].recv_armed = false;
-                }
+                self.st.conns[index]
+                    .recv
+                    .state
+                    .complete(cqueue::more(flags));
                 if let Some(bid) = cqueue::buffer_select(flags) {
                     if res > 0 {
                         self.st.on_data(index, self.bufs.get(bid, res as usize));
@@ -71,25 +79,20 @@ impl Shard {
             OpKind::Send => {
                 let index = tag.index as usize;
                 let conn = &mut self.st.conns[index];
-                conn.send_in_flight = false;
-                if res >= 0 {
-                    conn.sent += res as usize;
-                    self.st.counters.bytes_sent += res as u64;
-                } else {
-                    conn.sending.clear();
-                    conn.sent = 0;
-                    conn.out.clear();
-                    self.st.on_io_error(index, -res);
+                match conn.send.complete(res) {
+                    Ok(sent) => self.st.counters.bytes_sent += sent as u64,
+                    Err(errno) => {
+                        conn.out.clear();
+                        self.st.on_io_error(index, errno);
+                    }
                 }
                 self.st.mark_dirty(index);
             }
             OpKind::Connect => {
                 let index = tag.index as usize;
-                self.st.conns[index].connect_in_flight = false;
-                if res == 0 {
-                    self.st.on_connected(index);
-                } else {
-                    self.st.on_io_error(index, -res);
+                match self.st.conns[index].connect.complete(res) {
+                    Ok(()) => self.st.on_connected(index),
+                    Err(errno) => self.st.on_io_error(index, errno),
                 }
                 self.st.mark_dirty(index);
             }

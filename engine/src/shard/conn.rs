@@ -1,17 +1,17 @@
 //! A connection slot: the socket, which phase it is in, and which operations are in flight.
 //!
-//! A connection is freed only when no operation references it any more: its receive is not
-//! armed, no send or connect is in flight. Until then its buffers and address stay put.
+//! A connection is freed only when no operation references it any more: its receive, send and
+//! connect ops are all idle. Until then its buffers and address stay put.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use crate::proto::Connection;
 use crate::proto::handshake::Accepting;
-use crate::sys::socket::RawAddr;
 
 use super::State;
-use super::ring;
+use super::op::{ConnectOp, RecvOp, SendOp};
+use super::ring::{self, OpTag};
 
 /// What a connection is doing.
 #[derive(Debug)]
@@ -31,18 +31,11 @@ pub(crate) struct Conn {
     pub fd: OwnedFd,
     pub generation: u32,
     pub phase: Phase,
-    /// Where a dial connects to; the kernel reads it until the connect completes.
-    pub addr: Option<Box<RawAddr>>,
-    pub connect_queued: bool,
-    pub connect_in_flight: bool,
-    pub recv_wanted: bool,
-    pub recv_armed: bool,
-    pub send_in_flight: bool,
+    pub connect: ConnectOp,
+    pub recv: RecvOp,
+    pub send: SendOp,
     /// Frames being built for the next send.
     pub out: Vec<u8>,
-    /// The send in flight: `sending[sent..]` is still to go.
-    pub sending: Vec<u8>,
-    pub sent: usize,
     /// Close once everything queued is sent.
     pub closing: bool,
     /// `shutdown(2)` was called.
@@ -59,15 +52,10 @@ impl Conn {
             fd,
             generation,
             phase,
-            addr: None,
-            connect_queued: false,
-            connect_in_flight: false,
-            recv_wanted: false,
-            recv_armed: false,
-            send_in_flight: false,
+            connect: ConnectOp::default(),
+            recv: RecvOp::default(),
+            send: SendOp::default(),
             out: Vec::new(),
-            sending: Vec::new(),
-            sent: 0,
             closing: false,
             shut: false,
             dirty: false,
@@ -81,16 +69,23 @@ impl Conn {
 
     /// Whether any operation still references this connection.
     pub(crate) fn has_ops_in_flight(&self) -> bool {
-        self.recv_armed || self.send_in_flight || self.connect_in_flight
+        self.recv.state.is_busy() || self.send.state.is_busy() || self.connect.state.is_busy()
     }
 
     /// Whether nothing is left to send.
     pub(crate) fn is_flushed(&self) -> bool {
-        !self.send_in_flight && self.sent >= self.sending.len() && self.out.is_empty()
+        !self.send.state.is_busy() && self.send.is_drained() && self.out.is_empty()
     }
 }
 
 impl State {
+    /// Whether `tag` names a live connection of this generation (not a freed or reused slot).
+    pub(super) fn is_current(&self, tag: OpTag) -> bool {
+        self.conns
+            .get(tag.index as usize)
+            .is_some_and(|conn| conn.generation == tag.generation)
+    }
+
     pub(super) fn new_conn(&mut self, fd: OwnedFd, phase: Phase) -> usize {
         let generation = self.generation_next;
         self.generation_next = (self.generation_next + 1) & ring::GENERATION_MASK;

@@ -30,8 +30,7 @@ impl State {
         let deadline = self.now + self.config.connect_timeout;
         let index = self.new_conn(fd, Phase::Connecting { peer, deadline });
         let conn = &mut self.conns[index];
-        conn.addr = Some(Box::new(socket::RawAddr::new(addr)));
-        conn.connect_queued = true;
+        conn.connect.queue(socket::RawAddr::new(addr));
         self.peers[peer].conn = Some(index);
     }
 

@@ -28,7 +28,7 @@ impl State {
             fd,
             Phase::Accepting(Accepting::new(self.config.body_len_max, deadline)),
         );
-        self.conns[index].recv_wanted = true;
+        self.conns[index].recv.wanted = true;
     }
 
     pub(super) fn on_connected(&mut self, index: usize) {
@@ -44,8 +44,7 @@ impl State {
             self.now,
         );
         conn.phase = Phase::Linked { peer, proto };
-        conn.addr = None;
-        conn.recv_wanted = true;
+        conn.recv.wanted = true;
     }
 
     /// The dialer's HELLO arrived: adopt the connection here or hand it to the owning shard.
@@ -117,7 +116,7 @@ impl State {
             Ok(proto) => {
                 let conn = &mut self.conns[index];
                 conn.phase = Phase::Linked { peer, proto };
-                conn.recv_wanted = true;
+                conn.recv.wanted = true;
                 ps.conn = Some(index);
                 self.on_established(peer);
             }

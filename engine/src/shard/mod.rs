@@ -27,6 +27,7 @@ mod dial;
 mod durable;
 mod events;
 mod handshake;
+mod op;
 mod peer;
 mod recv;
 mod ring;
@@ -59,6 +60,7 @@ use crate::sys::affinity;
 use bufring::BufRing;
 use conn::Conn;
 use durable::DurableState;
+use op::{AcceptOp, WakeOp};
 use peer::PeerState;
 use ring::Ring;
 use shutdown::Shutdown;
@@ -132,9 +134,8 @@ struct Shard {
     st: State,
     ready: mpsc::Sender<Result<(), Error>>,
     listener: Option<OwnedFd>,
-    accept_armed: bool,
-    wake_buf: Box<u64>,
-    wake_armed: bool,
+    accept: AcceptOp,
+    wake: WakeOp,
     /// Reaped completions: (user_data, result, flags).
     cqes: Vec<(u64, i32, u32)>,
 }
@@ -184,9 +185,8 @@ impl Shard {
             bufs,
             ready: init.ready,
             listener: init.listener,
-            accept_armed: false,
-            wake_buf: Box::new(0),
-            wake_armed: false,
+            accept: AcceptOp::default(),
+            wake: WakeOp::default(),
             cqes: Vec::with_capacity(CQE_BUDGET),
             st: State {
                 counters: Counters {

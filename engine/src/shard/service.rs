@@ -5,7 +5,7 @@
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use io_uring::{opcode, squeue, types};
+use io_uring::squeue;
 
 use crate::sys::socket;
 
@@ -36,32 +36,21 @@ impl Shard {
         let generation = self.st.conns[index].generation;
         let tag = |kind| OpTag::new(kind, index, generation).encode();
         let conn = &mut self.st.conns[index];
-        let fd = types::Fd(conn.raw_fd());
-        if conn.connect_queued {
-            conn.connect_queued = false;
-            let addr = conn.addr.as_ref().expect("a queued connect has an address");
-            let entry = opcode::Connect::new(fd, addr.as_ptr(), addr.len())
-                .build()
-                .user_data(tag(OpKind::Connect));
-            // SAFETY: the address is boxed in the connection, which is not freed while the
-            // connect is in flight.
+        let fd = conn.raw_fd();
+        if conn.connect.is_due() {
+            let entry = conn.connect.submit(fd).user_data(tag(OpKind::Connect));
             self.push(&entry);
-            self.st.conns[index].connect_in_flight = true;
         }
         let conn = &mut self.st.conns[index];
-        if conn.recv_wanted && !conn.recv_armed && !conn.shut {
-            let entry = match conn.phase {
-                // One HELLO at most may arrive before the shard decides who owns the socket;
-                // a single-shot receive leaves nothing in flight when it is handed over.
-                Phase::Accepting(_) => opcode::Recv::new(fd, std::ptr::null_mut(), 0)
-                    .buf_group(self.bufs.group)
-                    .build()
-                    .flags(squeue::Flags::BUFFER_SELECT),
-                _ => opcode::RecvMulti::new(fd, self.bufs.group).build(),
-            };
-            conn.recv_armed = true;
-            // SAFETY: the receive selects from the buffer ring, which outlives every operation.
-            self.push(&entry.user_data(tag(OpKind::Recv)));
+        if conn.recv.is_due() && !conn.shut {
+            // One HELLO at most may arrive before the shard decides who owns the socket; a
+            // single-shot receive leaves nothing in flight when it is handed over.
+            let single_shot = matches!(conn.phase, Phase::Accepting(_));
+            let entry = conn
+                .recv
+                .submit(fd, self.bufs.group, single_shot)
+                .user_data(tag(OpKind::Recv));
+            self.push(&entry);
         }
         self.flush(index, now);
         let conn = &mut self.st.conns[index];
@@ -82,68 +71,54 @@ impl Shard {
     pub(super) fn flush(&mut self, index: usize, now: Instant) {
         let st = &mut self.st;
         let conn = &mut st.conns[index];
-        if conn.send_in_flight || conn.shut {
+        if conn.send.state.is_busy() || conn.shut {
             return;
         }
-        if conn.sent >= conn.sending.len() {
-            conn.sending.clear();
-            conn.sent = 0;
+        if conn.send.is_drained() {
             if let Phase::Linked { peer, proto } = &mut conn.phase {
                 let sessions = &mut st.peers[*peer].sessions;
                 let budget = st.config.send_batch_bytes_max;
                 st.counters.msgs_sent +=
                     proto.poll_transmit(sessions, now, &mut conn.out, budget) as u64;
             }
-            std::mem::swap(&mut conn.out, &mut conn.sending);
+            conn.send.refill(&mut conn.out);
         }
-        if conn.sent < conn.sending.len() {
-            let pending = &conn.sending[conn.sent..];
-            let entry = opcode::Send::new(
-                types::Fd(conn.raw_fd()),
-                pending.as_ptr(),
-                pending.len() as u32,
-            )
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(OpTag::new(OpKind::Send, index, conn.generation).encode());
-            conn.send_in_flight = true;
-            // SAFETY: `sending` is not touched until this send's completion is reaped, and the
-            // connection is not freed while a send is in flight.
+        if !conn.send.is_drained() {
+            let tag = OpTag::new(OpKind::Send, index, conn.generation).encode();
+            let entry = conn.send.submit(conn.raw_fd()).user_data(tag);
             self.push(&entry);
         }
     }
 
     /// Arms the listener's multishot accept and the eventfd read when they are not armed.
     pub(super) fn arm_reserved(&mut self) {
-        if !self.wake_armed {
-            let entry = opcode::Read::new(
-                types::Fd(self.st.mailbox.eventfd()),
-                (&raw mut *self.wake_buf).cast(),
-                8,
-            )
-            .build()
-            .user_data(OpTag::reserved(OpKind::Wake).encode());
-            // SAFETY: `wake_buf` is boxed in the shard and outlives the read (teardown waits).
+        if !self.wake.state.is_busy() {
+            let entry = self
+                .wake
+                .submit(self.st.mailbox.eventfd())
+                .user_data(OpTag::reserved(OpKind::Wake).encode());
             self.push(&entry);
-            self.wake_armed = true;
         }
         if self.st.shutdown.is_none()
-            && !self.accept_armed
+            && !self.accept.state.is_busy()
             && let Some(listener) = &self.listener
         {
-            let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-                .flags(libc::SOCK_CLOEXEC)
-                .build()
+            let entry = self
+                .accept
+                .submit(listener.as_raw_fd())
                 .user_data(OpTag::reserved(OpKind::Accept).encode());
-            // SAFETY: accept references only the listener, owned by the shard.
             self.push(&entry);
-            self.accept_armed = true;
         }
     }
 
+    /// Pushes an SQE built by one of the op types in `op`; the only call of `Ring::push`
+    /// outside teardown's cancels.
     pub(super) fn push(&mut self, entry: &squeue::Entry) {
-        // SAFETY: forwarded from the callers, each of which states what keeps the entry's
-        // buffers alive until completion.
+        // SAFETY: every entry comes from an op type's `submit`, which marked the op busy; an op
+        // keeps the memory its entry points to (send buffer, connect address, wake counter)
+        // unmoved and unwritten until its final completion, and a connection is freed only
+        // when all its ops are idle (see `op`). Receives select from the buffer ring, which
+        // outlives the ring's operations (teardown waits for them).
         if let Err(e) = unsafe { self.ring.push(entry) } {
             // Submission failing means the ring itself is broken; nothing sensible remains.
             panic!("io_uring submission failed: {e}");

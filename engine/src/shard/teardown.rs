@@ -20,11 +20,11 @@ impl Shard {
         for (index, conn) in &mut self.st.conns {
             socket::shutdown(conn.raw_fd());
             conn.shut = true;
-            if conn.connect_in_flight {
+            if conn.connect.state.cancel() {
                 cancels.push(OpTag::new(OpKind::Connect, index, conn.generation));
             }
         }
-        if self.accept_armed {
+        if self.accept.state.cancel() {
             cancels.push(OpTag::reserved(OpKind::Accept));
         }
         for target in cancels {
@@ -36,7 +36,7 @@ impl Shard {
                 return false;
             }
         }
-        if self.wake_armed {
+        if self.wake.state.is_busy() {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live local to the shard's eventfd, completing the
             // armed read.
@@ -48,8 +48,8 @@ impl Shard {
             for (user_data, res, flags) in std::mem::take(&mut self.cqes) {
                 self.complete_quietly(user_data, res, flags);
             }
-            let busy = self.wake_armed
-                || self.accept_armed
+            let busy = self.wake.state.is_busy()
+                || self.accept.state.is_busy()
                 || self.st.conns.iter().any(|(_, c)| c.has_ops_in_flight());
             if !busy {
                 return true;
@@ -72,25 +72,27 @@ impl Shard {
         };
         let more = cqueue::more(flags);
         match tag.kind {
-            OpKind::Wake => self.wake_armed = false,
+            OpKind::Wake => self.wake.state.complete(false),
             OpKind::Accept => {
                 if res >= 0 {
                     // SAFETY: a new descriptor we own; dropping it closes it.
                     drop(unsafe { OwnedFd::from_raw_fd(res) });
                 }
-                self.accept_armed &= more;
+                self.accept.state.complete(more);
             }
             OpKind::Cancel => {}
             OpKind::Recv | OpKind::Send | OpKind::Connect => {
                 if let Some(bid) = cqueue::buffer_select(flags) {
                     self.bufs.recycle(bid);
                 }
-                if let Some(conn) = self.st.conns.get_mut(tag.index as usize) {
-                    match tag.kind {
-                        OpKind::Recv => conn.recv_armed &= more,
-                        OpKind::Send => conn.send_in_flight = false,
-                        _ => conn.connect_in_flight = false,
-                    }
+                if !self.st.is_current(tag) {
+                    return;
+                }
+                let conn = &mut self.st.conns[tag.index as usize];
+                match tag.kind {
+                    OpKind::Recv => conn.recv.state.complete(more),
+                    OpKind::Send => drop(conn.send.complete(res)),
+                    _ => drop(conn.connect.complete(res)),
                 }
             }
         }

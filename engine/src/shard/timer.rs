@@ -42,7 +42,7 @@ impl State {
                     conn.timer_at = None;
                     match &mut conn.phase {
                         Phase::Connecting { deadline, .. }
-                            if now >= *deadline && conn.connect_in_flight =>
+                            if now >= *deadline && conn.connect.state.is_busy() =>
                         {
                             // On Linux, shutdown(2) of a socket in SYN_SENT aborts the connect,
                             // so the in-flight connect completes with an error and redials.
