@@ -10,9 +10,10 @@ use crate::sys::socket;
 
 use super::State;
 use super::conn::Phase;
+use super::slots::ConnId;
 
 impl State {
-    pub(super) fn on_eof(&mut self, index: usize) {
+    pub(super) fn on_eof(&mut self, index: ConnId) {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
@@ -26,7 +27,7 @@ impl State {
                 proto.handle_eof();
                 if let Some(CloseCause::Protocol(err)) = proto.close_cause() {
                     self.counters.protocol_errors += 1;
-                    tracing::warn!(index, error = %err, "stream ended inside a frame");
+                    tracing::warn!(conn = index.0, error = %err, "stream ended inside a frame");
                 }
                 self.begin_close(index, Duration::ZERO);
             }
@@ -34,11 +35,11 @@ impl State {
         }
     }
 
-    pub(super) fn on_io_error(&mut self, index: usize, errno: i32) {
+    pub(super) fn on_io_error(&mut self, index: ConnId, errno: i32) {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
-        tracing::debug!(index, error = %std::io::Error::from_raw_os_error(errno), "connection i/o failed");
+        tracing::debug!(conn = index.0, error = %std::io::Error::from_raw_os_error(errno), "connection i/o failed");
         conn.recv.wanted = false;
         conn.out.clear();
         if !conn.shut {
@@ -49,13 +50,13 @@ impl State {
     }
 
     /// Answers a protocol error on a connection that belongs to no peer, and closes it.
-    pub(super) fn reject(&mut self, index: usize, err: &ProtocolError) {
+    pub(super) fn reject(&mut self, index: ConnId, err: &ProtocolError) {
         self.counters.protocol_errors += 1;
-        tracing::warn!(index, error = %err, "protocol error; closing connection");
+        tracing::warn!(conn = index.0, error = %err, "protocol error; closing connection");
         self.reject_with(index, err.reason(), &err.to_string());
     }
 
-    pub(super) fn reject_with(&mut self, index: usize, reason: GoAwayReason, message: &str) {
+    pub(super) fn reject_with(&mut self, index: ConnId, reason: GoAwayReason, message: &str) {
         let conn = &mut self.conns[index];
         Frame::GoAway {
             reason,
@@ -68,7 +69,7 @@ impl State {
     }
 
     /// Detaches the connection from its peer and closes it once its queued bytes are sent.
-    pub(super) fn begin_close(&mut self, index: usize, retry_after: Duration) {
+    pub(super) fn begin_close(&mut self, index: ConnId, retry_after: Duration) {
         let now = self.now;
         let conn = &mut self.conns[index];
         conn.closing = true;

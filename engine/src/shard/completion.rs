@@ -8,6 +8,7 @@ use io_uring::cqueue;
 use super::CQE_BUDGET;
 use super::Shard;
 use super::ring::{OpKind, OpTag};
+use super::slots::ConnId;
 
 impl Shard {
     pub(super) fn reap(&mut self) {
@@ -58,7 +59,7 @@ impl Shard {
                 }
             }
             OpKind::Recv => {
-                let index = tag.index as usize;
+                let index = ConnId(tag.index as usize);
                 self.st.conns[index]
                     .recv
                     .state
@@ -77,7 +78,7 @@ impl Shard {
                 self.st.mark_dirty(index);
             }
             OpKind::Send => {
-                let index = tag.index as usize;
+                let index = ConnId(tag.index as usize);
                 let conn = &mut self.st.conns[index];
                 match conn.send.complete(res) {
                     Ok(sent) => self.st.counters.bytes_sent += sent as u64,
@@ -89,7 +90,7 @@ impl Shard {
                 self.st.mark_dirty(index);
             }
             OpKind::Connect => {
-                let index = tag.index as usize;
+                let index = ConnId(tag.index as usize);
                 match self.st.conns[index].connect.complete(res) {
                     Ok(()) => self.st.on_connected(index),
                     Err(errno) => self.st.on_io_error(index, errno),

@@ -12,16 +12,17 @@ use crate::proto::handshake::Accepting;
 use super::State;
 use super::op::{ConnectOp, RecvOp, SendOp};
 use super::ring::{self, OpTag};
+use super::slots::{ConnId, PeerIndex};
 
 /// What a connection is doing.
 #[derive(Debug)]
 pub(crate) enum Phase {
     /// A dial in progress; `peer` is the shard-local peer index.
-    Connecting { peer: usize, deadline: Instant },
+    Connecting { peer: PeerIndex, deadline: Instant },
     /// Accepted; waiting for the dialer's HELLO.
     Accepting(Accepting),
     /// Bound to a peer (handshaking or established).
-    Linked { peer: usize, proto: Connection },
+    Linked { peer: PeerIndex, proto: Connection },
     /// Closing: no longer bound to a peer; waits for its operations to finish.
     Detached,
 }
@@ -82,11 +83,11 @@ impl State {
     /// Whether `tag` names a live connection of this generation (not a freed or reused slot).
     pub(super) fn is_current(&self, tag: OpTag) -> bool {
         self.conns
-            .get(tag.index as usize)
+            .get(ConnId(tag.index as usize))
             .is_some_and(|conn| conn.generation == tag.generation)
     }
 
-    pub(super) fn new_conn(&mut self, fd: OwnedFd, phase: Phase) -> usize {
+    pub(super) fn new_conn(&mut self, fd: OwnedFd, phase: Phase) -> ConnId {
         let generation = self.generation_next;
         self.generation_next = (self.generation_next + 1) & ring::GENERATION_MASK;
         let index = self.conns.insert(Conn::new(fd, generation, phase));
@@ -95,7 +96,7 @@ impl State {
         index
     }
 
-    pub(super) fn mark_dirty(&mut self, index: usize) {
+    pub(super) fn mark_dirty(&mut self, index: ConnId) {
         if let Some(conn) = self.conns.get_mut(index)
             && !conn.dirty
         {

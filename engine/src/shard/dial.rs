@@ -7,10 +7,11 @@ use crate::sys::socket;
 
 use super::State;
 use super::conn::Phase;
+use super::slots::PeerIndex;
 use super::timer::Timer;
 
 impl State {
-    pub(super) fn start_dial(&mut self, peer: usize) {
+    pub(super) fn start_dial(&mut self, peer: PeerIndex) {
         if self.shutdown.is_some() {
             return;
         }
@@ -34,7 +35,7 @@ impl State {
         self.peers[peer].conn = Some(index);
     }
 
-    pub(super) fn schedule_redial(&mut self, peer: usize, retry_after: Duration) {
+    pub(super) fn schedule_redial(&mut self, peer: PeerIndex, retry_after: Duration) {
         if self.shutdown.is_some() {
             return;
         }

@@ -104,7 +104,7 @@ impl State {
             self.counters.outbox_sync_failures += 1;
             // Nothing written since the last good sync may be confirmed: fail every pending
             // confirmation (the messages are still sent; only the promise is withdrawn).
-            for (_, ps) in &mut self.peers {
+            for (_, ps) in self.peers.iter_mut() {
                 ps.sessions.tx.for_each_token(|token: &mut Token| {
                     if let Some(confirm) = token.confirm.take() {
                         confirm.fail_sync();

@@ -14,6 +14,7 @@ use crate::sys::socket;
 use super::State;
 use super::conn::Phase;
 use super::events::ShardEvents;
+use super::slots::ConnId;
 
 impl State {
     pub(super) fn on_accept(&mut self, fd: OwnedFd) {
@@ -31,7 +32,7 @@ impl State {
         self.conns[index].recv.wanted = true;
     }
 
-    pub(super) fn on_connected(&mut self, index: usize) {
+    pub(super) fn on_connected(&mut self, index: ConnId) {
         let conn = &mut self.conns[index];
         let Phase::Connecting { peer, .. } = conn.phase else {
             return;
@@ -48,7 +49,7 @@ impl State {
     }
 
     /// The dialer's HELLO arrived: adopt the connection here or hand it to the owning shard.
-    pub(super) fn route_hello(&mut self, index: usize, hello: HelloInfo) {
+    pub(super) fn route_hello(&mut self, index: ConnId, hello: HelloInfo) {
         if hello.node_id == self.config.node_id {
             self.counters.protocol_errors += 1;
             let message = "hello claims this node's own id";
@@ -71,7 +72,7 @@ impl State {
         });
     }
 
-    pub(super) fn adopt(&mut self, index: usize, hello: HelloInfo, shared: Arc<PeerShared>) {
+    pub(super) fn adopt(&mut self, index: ConnId, hello: HelloInfo, shared: Arc<PeerShared>) {
         let peer = self.ensure_peer(&shared);
         if let Some(existing) = self.peers[peer].conn {
             let ours = match &self.conns[existing].phase {

@@ -33,6 +33,7 @@ mod recv;
 mod ring;
 mod service;
 mod shutdown;
+mod slots;
 mod teardown;
 mod timer;
 mod window;
@@ -45,7 +46,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
-use slab::Slab;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -64,6 +64,7 @@ use op::{AcceptOp, WakeOp};
 use peer::PeerState;
 use ring::Ring;
 use shutdown::Shutdown;
+use slots::{ConnId, PeerIndex, Slots};
 use timer::Timer;
 
 /// What a shard thread starts from.
@@ -149,15 +150,15 @@ struct State {
     proto_config: Arc<ConnectionConfig>,
     handler: Arc<dyn Handler>,
     mailbox: Arc<Mailbox>,
-    conns: Slab<Conn>,
+    conns: Slots<ConnId, Conn>,
     generation_next: u32,
-    peers: Slab<PeerState>,
-    peer_by_key: HashMap<u32, usize>,
+    peers: Slots<PeerIndex, PeerState>,
+    peer_by_key: HashMap<u32, PeerIndex>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     /// Connections to service at the end of the turn.
-    dirty: Vec<usize>,
+    dirty: Vec<ConnId>,
     /// Peers whose publish queue may hold more than one turn drained.
-    drain_again: Vec<usize>,
+    drain_again: Vec<PeerIndex>,
     counters: Counters,
     rng: u64,
     shutdown: Option<Shutdown>,
@@ -200,9 +201,9 @@ impl Shard {
                 config,
                 proto_config,
                 handler: init.handler,
-                conns: Slab::new(),
+                conns: Slots::new(),
                 generation_next: 1,
-                peers: Slab::new(),
+                peers: Slots::new(),
                 peer_by_key: HashMap::new(),
                 timers: BinaryHeap::new(),
                 dirty: Vec::new(),

@@ -16,6 +16,7 @@ use crate::route::peer::Peer;
 use super::State;
 use super::conn::Phase;
 use super::durable::restore_sessions;
+use super::slots::{ConnId, PeerIndex};
 use super::window::window_grain;
 use super::{COMMAND_BUDGET, DRAIN_BUDGET};
 
@@ -32,7 +33,7 @@ pub(super) struct PeerState {
     /// The peer's slot in the watermark table and the session stored in it.
     pub(super) rx_slot: Option<(usize, SessionId)>,
     /// The connection serving this peer (dialing, handshaking or established).
-    pub(super) conn: Option<usize>,
+    pub(super) conn: Option<ConnId>,
     pub(super) established: bool,
     pub(super) dial: Option<DialPlan>,
     pub(super) redial_at: Option<Instant>,
@@ -44,7 +45,7 @@ pub(super) struct PeerState {
 }
 
 impl State {
-    pub(super) fn ensure_peer(&mut self, shared: &Arc<PeerShared>) -> usize {
+    pub(super) fn ensure_peer(&mut self, shared: &Arc<PeerShared>) -> PeerIndex {
         if let Some(&index) = self.peer_by_key.get(&shared.key) {
             return index;
         }
@@ -102,7 +103,7 @@ impl State {
         }
     }
 
-    pub(super) fn drain_peer(&mut self, peer: usize) {
+    pub(super) fn drain_peer(&mut self, peer: PeerIndex) {
         let Some(ps) = self.peers.get_mut(peer) else {
             return;
         };
@@ -151,7 +152,7 @@ impl State {
         }
     }
 
-    pub(super) fn on_established(&mut self, peer: usize) {
+    pub(super) fn on_established(&mut self, peer: PeerIndex) {
         let ps = &mut self.peers[peer];
         ps.established = true;
         if let Some(dial) = &mut ps.dial {

@@ -9,9 +9,10 @@ use crate::proto::connection::CloseCause;
 use super::State;
 use super::conn::Phase;
 use super::events::ShardEvents;
+use super::slots::ConnId;
 
 impl State {
-    pub(super) fn on_data(&mut self, index: usize, data: &[u8]) {
+    pub(super) fn on_data(&mut self, index: ConnId, data: &[u8]) {
         let now = self.now;
         let conn = &mut self.conns[index];
         match &mut conn.phase {

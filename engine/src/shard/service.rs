@@ -12,6 +12,7 @@ use crate::sys::socket;
 use super::Shard;
 use super::conn::Phase;
 use super::ring::{OpKind, OpTag};
+use super::slots::ConnId;
 
 impl Shard {
     /// Submits each dirty connection's operations: connect, receive, one send; frees the
@@ -31,10 +32,10 @@ impl Shard {
         }
     }
 
-    pub(super) fn service(&mut self, index: usize) {
+    pub(super) fn service(&mut self, index: ConnId) {
         let now = self.st.now;
         let generation = self.st.conns[index].generation;
-        let tag = |kind| OpTag::new(kind, index, generation).encode();
+        let tag = |kind| OpTag::new(kind, index.0, generation).encode();
         let conn = &mut self.st.conns[index];
         let fd = conn.raw_fd();
         if conn.connect.is_due() {
@@ -68,7 +69,7 @@ impl Shard {
     }
 
     /// Builds and submits one send if none is in flight.
-    pub(super) fn flush(&mut self, index: usize, now: Instant) {
+    pub(super) fn flush(&mut self, index: ConnId, now: Instant) {
         let st = &mut self.st;
         let conn = &mut st.conns[index];
         if conn.send.state.is_busy() || conn.shut {
@@ -84,7 +85,7 @@ impl Shard {
             conn.send.refill(&mut conn.out);
         }
         if !conn.send.is_drained() {
-            let tag = OpTag::new(OpKind::Send, index, conn.generation).encode();
+            let tag = OpTag::new(OpKind::Send, index.0, conn.generation).encode();
             let entry = conn.send.submit(conn.raw_fd()).user_data(tag);
             self.push(&entry);
         }

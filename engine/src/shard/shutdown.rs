@@ -8,6 +8,7 @@ use crate::proto::GoAwayReason;
 use super::CLOSE_GRACE;
 use super::State;
 use super::conn::Phase;
+use super::slots::ConnId;
 
 pub(super) struct Shutdown {
     pub(super) drain_until: Option<Instant>,
@@ -42,7 +43,7 @@ impl State {
             return false;
         }
         sd.closing_since = Some(now);
-        let indices: Vec<usize> = self.conns.iter().map(|(index, _)| index).collect();
+        let indices: Vec<ConnId> = self.conns.iter().map(|(index, _)| index).collect();
         for index in indices {
             if let Phase::Linked { peer, proto } = &mut self.conns[index].phase {
                 proto.close(
@@ -53,7 +54,7 @@ impl State {
             }
             self.begin_close(index, Duration::ZERO);
         }
-        for (_, ps) in &mut self.peers {
+        for (_, ps) in self.peers.iter_mut() {
             ps.dial = None;
             for entry in ps.sessions.tx.drain() {
                 if let Some(confirm) = entry.token.confirm {

@@ -10,6 +10,7 @@ use crate::sys::socket;
 use super::Shard;
 use super::TEARDOWN_GRACE;
 use super::ring::{OpKind, OpTag};
+use super::slots::ConnId;
 
 impl Shard {
     /// Quiesces the ring before its buffers may be freed: shuts every socket down, cancels what
@@ -17,11 +18,11 @@ impl Shard {
     /// operation is still in flight after `TEARDOWN_GRACE`.
     pub(super) fn teardown(&mut self) -> bool {
         let mut cancels = Vec::new();
-        for (index, conn) in &mut self.st.conns {
+        for (index, conn) in self.st.conns.iter_mut() {
             socket::shutdown(conn.raw_fd());
             conn.shut = true;
             if conn.connect.state.cancel() {
-                cancels.push(OpTag::new(OpKind::Connect, index, conn.generation));
+                cancels.push(OpTag::new(OpKind::Connect, index.0, conn.generation));
             }
         }
         if self.accept.state.cancel() {
@@ -88,7 +89,7 @@ impl Shard {
                 if !self.st.is_current(tag) {
                     return;
                 }
-                let conn = &mut self.st.conns[tag.index as usize];
+                let conn = &mut self.st.conns[ConnId(tag.index as usize)];
                 match tag.kind {
                     OpKind::Recv => conn.recv.state.complete(more),
                     OpKind::Send => drop(conn.send.complete(res)),

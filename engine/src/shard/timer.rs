@@ -9,15 +9,16 @@ use crate::sys::socket;
 use super::CLOSE_GRACE;
 use super::State;
 use super::conn::Phase;
+use super::slots::{ConnId, PeerIndex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Timer {
     Conn {
-        index: usize,
+        index: ConnId,
         generation: u32,
     },
     Redial {
-        peer: usize,
+        peer: PeerIndex,
     },
     /// Look for unacknowledged messages older than the session buffer window.
     Window,
@@ -46,7 +47,7 @@ impl State {
                         {
                             // On Linux, shutdown(2) of a socket in SYN_SENT aborts the connect,
                             // so the in-flight connect completes with an error and redials.
-                            tracing::debug!(index, "connect timed out");
+                            tracing::debug!(conn = index.0, "connect timed out");
                             socket::shutdown(conn.raw_fd());
                             conn.shut = true;
                         }
@@ -57,7 +58,7 @@ impl State {
                         }
                         Phase::Linked { proto, .. } => {
                             if let Err(err) = proto.handle_timeout(now) {
-                                tracing::info!(index, error = %err, "closing connection");
+                                tracing::info!(conn = index.0, error = %err, "closing connection");
                                 self.begin_close(index, Duration::ZERO);
                             }
                         }
@@ -100,7 +101,7 @@ impl State {
         }
     }
 
-    pub(super) fn schedule_conn_timer(&mut self, index: usize) {
+    pub(super) fn schedule_conn_timer(&mut self, index: ConnId) {
         let conn = &mut self.conns[index];
         let next = match &conn.phase {
             Phase::Connecting { deadline, .. } => Some(*deadline),

@@ -31,7 +31,7 @@ impl State {
         let window = self.config.session_buffer_window;
         let now = self.now;
         let mut next: Option<Instant> = None;
-        for (_, ps) in &mut self.peers {
+        for (_, ps) in self.peers.iter_mut() {
             let acked = ps.sessions.tx.seq_acked();
             while let Some(&(seq, taken)) = ps.taken_at.front() {
                 if seq <= acked {
