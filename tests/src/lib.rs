@@ -16,7 +16,10 @@ use ringwire::{Engine, EngineBuilder, Handler, MessageId, Peer};
 /// slow, noisy machine; it bounds a hang, it does not measure speed.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
-/// A builder with small receive buffers, so that many engines fit in one test process.
+/// A builder with small receive buffers, so that many engines fit in one test process, and a
+/// handshake deadline of [`PATIENCE`]: on a loaded machine a hundred engines starting at once
+/// can take longer than the default 5 s to exchange HELLOs, and a test that does not test the
+/// deadline must not fail on it (tests that do set their own).
 pub fn builder(node_id: &str, shards: usize) -> EngineBuilder {
     Engine::builder()
         .node_id(node_id)
@@ -25,6 +28,8 @@ pub fn builder(node_id: &str, shards: usize) -> EngineBuilder {
             c.recv_buf_count = 32;
             c.recv_buf_len = 64 * 1024;
             c.pin_shards = false;
+            c.handshake_timeout = PATIENCE;
+            c.connect_timeout = PATIENCE;
         })
 }
 
