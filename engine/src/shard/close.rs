@@ -58,12 +58,13 @@ impl State {
 
     pub(super) fn reject_with(&mut self, index: ConnId, reason: GoAwayReason, message: &str) {
         let conn = &mut self.conns[index];
-        Frame::GoAway {
+        let goaway = Frame::GoAway {
             reason,
             retry_after_ms: 0,
             message,
-        }
-        .encode(&mut conn.out);
+        };
+        conn.link
+            .poll_transmit(&mut conn.out, |out| goaway.encode(out));
         conn.recv.wanted = false;
         self.begin_close(index, Duration::ZERO);
     }
@@ -78,7 +79,10 @@ impl State {
         let peer = match phase {
             Phase::Linked { peer, mut proto } => {
                 // Keep what the closing connection still has to say (a GOAWAY, a final ACK).
-                proto.poll_transmit(&mut self.peers[peer].sessions, now, &mut conn.out, 0);
+                let sessions = &mut self.peers[peer].sessions;
+                conn.link.poll_transmit(&mut conn.out, |out| {
+                    proto.poll_transmit(sessions, now, out, 0);
+                });
                 Some(peer)
             }
             Phase::Connecting { peer, .. } => Some(peer),

@@ -66,7 +66,7 @@ impl Shard {
                     .complete(cqueue::more(flags));
                 if let Some(bid) = cqueue::buffer_select(flags) {
                     if res > 0 {
-                        self.st.on_data(index, self.bufs.get(bid, res as usize));
+                        self.st.on_recv(index, self.bufs.get(bid, res as usize));
                     }
                     self.bufs.recycle(bid);
                 }

@@ -10,6 +10,7 @@ use crate::proto::Connection;
 use crate::proto::handshake::Accepting;
 
 use super::State;
+use super::link::Link;
 use super::op::{ConnectOp, RecvOp, SendOp};
 use super::ring::{self, OpTag};
 use super::slots::{ConnId, PeerIndex};
@@ -35,6 +36,8 @@ pub(crate) struct Conn {
     pub connect: ConnectOp,
     pub recv: RecvOp,
     pub send: SendOp,
+    /// Carries bytes between the ring and proto (plaintext, or TLS later).
+    pub link: Link,
     /// Frames being built for the next send.
     pub out: Vec<u8>,
     /// Close once everything queued is sent.
@@ -56,6 +59,7 @@ impl Conn {
             connect: ConnectOp::default(),
             recv: RecvOp::default(),
             send: SendOp::default(),
+            link: Link::default(),
             out: Vec::new(),
             closing: false,
             shut: false,

@@ -27,6 +27,7 @@ mod dial;
 mod durable;
 mod events;
 mod handshake;
+mod link;
 mod op;
 mod peer;
 mod recv;

@@ -1,5 +1,5 @@
-//! Received bytes: into the HELLO reader of an accepted socket, or through the peer's
-//! connection state machine.
+//! Received bytes: through the connection's link, then into the HELLO reader of an accepted
+//! socket or the peer's connection state machine.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,7 +12,22 @@ use super::events::ShardEvents;
 use super::slots::ConnId;
 
 impl State {
-    pub(super) fn on_data(&mut self, index: ConnId, data: &[u8]) {
+    /// Bytes arrived on the socket: through the connection's link, into proto.
+    pub(super) fn on_recv(&mut self, index: ConnId, wire: &[u8]) {
+        let conn = &mut self.conns[index];
+        let generation = conn.generation;
+        let mut link = std::mem::take(&mut conn.link);
+        link.handle_recv(wire, |data| self.on_data(index, data));
+        // The connection may have moved to another shard (its HELLO named a peer owned there),
+        // and its slot may have been reused since: the link goes back only to the same one.
+        if let Some(conn) = self.conns.get_mut(index)
+            && conn.generation == generation
+        {
+            conn.link = link;
+        }
+    }
+
+    fn on_data(&mut self, index: ConnId, data: &[u8]) {
         let now = self.now;
         let conn = &mut self.conns[index];
         match &mut conn.phase {

@@ -79,8 +79,10 @@ impl Shard {
             if let Phase::Linked { peer, proto } = &mut conn.phase {
                 let sessions = &mut st.peers[*peer].sessions;
                 let budget = st.config.send_batch_bytes_max;
-                st.counters.msgs_sent +=
-                    proto.poll_transmit(sessions, now, &mut conn.out, budget) as u64;
+                let sent = conn.link.poll_transmit(&mut conn.out, |out| {
+                    proto.poll_transmit(sessions, now, out, budget)
+                });
+                st.counters.msgs_sent += sent as u64;
             }
             conn.send.refill(&mut conn.out);
         }
