@@ -2,16 +2,15 @@
 //! eventfd that wake the shard.
 
 use std::fmt;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use crossbeam_queue::SegQueue;
 use crossbeam_utils::CachePadded;
 
 use crate::PeerConfig;
 use crate::proto::handshake::HelloInfo;
 use crate::route::peer::PeerShared;
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{AtomicBool, EventFd, Ordering, SegQueue, fence};
 
 /// A control command for a shard.
 #[derive(Debug)]
@@ -38,22 +37,16 @@ pub(crate) struct Mailbox {
     pub commands: SegQueue<Command>,
     pub ready: SegQueue<Arc<PeerShared>>,
     parked: CachePadded<AtomicBool>,
-    eventfd: OwnedFd,
+    eventfd: EventFd,
 }
 
 impl Mailbox {
     pub(crate) fn new() -> std::io::Result<Mailbox> {
-        // SAFETY: eventfd takes no pointers; the result is checked before use.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
         Ok(Mailbox {
             commands: SegQueue::new(),
             ready: SegQueue::new(),
             parked: CachePadded::new(AtomicBool::new(false)),
-            // SAFETY: `fd` is a fresh descriptor owned by nothing else.
-            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            eventfd: EventFd::new()?,
         })
     }
 
@@ -65,17 +58,21 @@ impl Mailbox {
 
     /// Wakes the shard if, and only if, it is parked; at most one waker writes the eventfd.
     pub(crate) fn wake(&self) {
+        // A store-load handshake with `park`: the caller pushed to `ready` or `commands` and
+        // now loads `parked`; `park` stores `parked` and then loads the queues' lengths. With a
+        // SeqCst fence between the store and the load on each side, either `park` sees the
+        // push, or this load sees `parked` and writes the eventfd.
+        fence(Ordering::SeqCst);
         if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live local to an eventfd this mailbox owns. A failure
-            // (counter overflow) cannot happen with one write per park and needs no handling.
-            unsafe { libc::write(self.eventfd.as_raw_fd(), (&raw const one).cast(), 8) };
+            self.eventfd.signal();
         }
     }
 
     /// Called by the shard before it sleeps. Returns `false` (and stays awake) if work arrived.
     pub(crate) fn park(&self) -> bool {
         self.parked.store(true, Ordering::SeqCst);
+        // The shard's half of the handshake in `wake`.
+        fence(Ordering::SeqCst);
         if !self.commands.is_empty() || !self.ready.is_empty() {
             self.parked.store(false, Ordering::SeqCst);
             return false;
@@ -90,6 +87,12 @@ impl Mailbox {
 
     pub(crate) fn eventfd(&self) -> i32 {
         self.eventfd.as_raw_fd()
+    }
+
+    /// Reads the eventfd as the shard's ring would: the wake-ups since the last read.
+    #[cfg(all(test, loom))]
+    pub(crate) fn take_wakes(&self) -> u64 {
+        self.eventfd.take()
     }
 }
 

@@ -12,6 +12,8 @@
 
 pub(crate) mod confirm;
 pub(crate) mod handler;
+#[cfg(all(test, loom))]
+mod loom_tests;
 pub(crate) mod mailbox;
 pub(crate) mod peer;
 pub(crate) mod queue;

@@ -16,7 +16,7 @@ use crate::route::confirm::{Confirm, ConfirmSlot};
 use crate::route::mailbox::Mailbox;
 use crate::route::queue::{Outgoing, PeerQueue};
 use crate::route::router::Router;
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering, fence};
 
 /// A handle to a remote node. Cheap to clone; usable from any thread, including handlers.
 #[derive(Clone)]
@@ -207,9 +207,13 @@ impl PeerShared {
     }
 
     fn notify(self: &Arc<Self>) {
-        // The slot's SeqCst stamp store in `push` orders before this load; the shard clears
-        // `notified` (SeqCst) before it pops. So either the shard's pop sees this message, or
-        // this load sees `false` and schedules the peer again.
+        // A store-load handshake with the shard: this thread stored the slot's stamp and now
+        // loads `notified`; the shard stores `notified = false` (`drain_peers`) and then loads
+        // the stamp (`PeerQueue::pop`). Neither load may be hoisted above its store, which only
+        // a SeqCst fence on each side guarantees: this one, and the one `pop` runs before it
+        // reports the queue empty. The two fences are ordered one way or the other, so either
+        // the shard's pop sees this message, or this load sees `false` and schedules the peer.
+        fence(Ordering::SeqCst);
         if !self.notified.load(Ordering::SeqCst) && !self.notified.swap(true, Ordering::SeqCst) {
             self.mailbox.ready.push(Arc::clone(self));
             self.mailbox.wake();

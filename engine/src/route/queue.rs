@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 
 use crate::route::confirm::ConfirmSlot;
-use crate::sync::{AtomicU64, Ordering, UnsafeCell};
+use crate::sync::{AtomicU64, Ordering, UnsafeCell, fence, spin_loop};
 
 /// A message on its way from `publish` to the shard.
 ///
@@ -132,13 +132,13 @@ impl PeerQueue {
             } else if stamp + capacity == tail + 1 {
                 // The slot still holds the previous lap's value: full, unless the consumer just
                 // freed it.
-                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                fence(Ordering::SeqCst);
                 if self.head.load(Ordering::SeqCst) + capacity == tail {
                     return Err(value);
                 }
                 tail = self.tail.load(Ordering::Relaxed);
             } else {
-                std::hint::spin_loop();
+                spin_loop();
                 tail = self.tail.load(Ordering::Relaxed);
             }
         }
@@ -152,7 +152,13 @@ impl PeerQueue {
         let head = self.head.load(Ordering::Relaxed);
         let slot = &self.slots[(head & self.mask) as usize];
         if slot.stamp.load(Ordering::SeqCst) != head + 1 {
-            return None;
+            // The shard's half of the handshake in `PeerShared::notify`: the shard stored
+            // `notified = false` before this pop, and must not report the queue empty on a
+            // stamp load that was hoisted above that store. Only the empty case needs it.
+            fence(Ordering::SeqCst);
+            if slot.stamp.load(Ordering::SeqCst) != head + 1 {
+                return None;
+            }
         }
         // SAFETY: the stamp says the producer of `head` finished writing, and the single
         // consumer is the only reader; the value is moved out exactly once before the stamp
