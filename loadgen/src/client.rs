@@ -17,8 +17,8 @@ use loadgen::workload::{self, Pacer, Workload};
 use loadgen::{Counts, LatencyLog, Mode, Report};
 use ringwire::{Confirm, Engine, Error, Handler, MessageId, Peer, PeerConfig, Stats};
 
-use crate::fanin;
 use crate::node::{self, ECHO_PREFIX, NodeOptions, Sink};
+use crate::{fanin, pingpong};
 
 /// Where the load goes.
 #[derive(Debug, Clone)]
@@ -56,6 +56,7 @@ pub fn run(w: &Workload, target: &Target) -> Result<(Report, Option<Arc<LatencyL
     let t0_cpu = workload::cpu_time();
     let outcome = match w.mode {
         Mode::Fanin => fanin::run(w, addr, &target.node_id, load_core)?,
+        Mode::Pingpong => pingpong::run(w, addr, &target.node_id, load_core)?,
         Mode::Throughput | Mode::Latency => {
             streams(w, addr, &target.node_id, load_core, target.outbox.as_ref())?
         }
@@ -118,7 +119,7 @@ pub struct Outcome {
     /// The client engines' counters, summed.
     pub client_stats: Vec<(&'static str, u64)>,
     pub backpressure: u64,
-    /// Echoes that came back (latency and fanin).
+    /// Echoes that came back (latency, fanin and pingpong).
     pub round_trips: Option<u64>,
 }
 
@@ -364,7 +365,11 @@ impl Handler for Echoes {
     }
 }
 
-fn wait_connected(clients: &[Engine], server_id: &str, addr: SocketAddr) -> Result<(), String> {
+pub(crate) fn wait_connected(
+    clients: &[Engine],
+    server_id: &str,
+    addr: SocketAddr,
+) -> Result<(), String> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
         let up = clients
@@ -418,7 +423,9 @@ fn check_delivery(
     let delivered = !embedded || report.received == report.sent;
     let complete = match w.mode {
         Mode::Throughput => report.acked == report.sent && delivered,
-        Mode::Latency | Mode::Fanin => round_trips == Some(report.sent) && delivered,
+        Mode::Latency | Mode::Fanin | Mode::Pingpong => {
+            round_trips == Some(report.sent) && delivered
+        }
     };
     if complete {
         Ok(())
@@ -439,7 +446,7 @@ const BATCH: u64 = 1024;
 const SAMPLE_EVERY: u64 = 1024;
 const SAMPLES_QUEUED: usize = 4096;
 /// Time between connecting and starting the load, so the first samples are not connects.
-const SETTLE: Duration = Duration::from_millis(20);
+pub(crate) const SETTLE: Duration = Duration::from_millis(20);
 const REACH_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

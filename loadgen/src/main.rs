@@ -8,6 +8,7 @@ mod client;
 mod durable;
 mod fanin;
 mod node;
+mod pingpong;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -193,7 +194,7 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
         return Err(Failure::Usage("--shards must be 1 to 64".into()));
     }
     let outbox = match &args.outbox {
-        Some(_) if w.mode == loadgen::Mode::Fanin => {
+        Some(_) if matches!(w.mode, loadgen::Mode::Fanin | loadgen::Mode::Pingpong) => {
             return Err(Failure::Usage(
                 "--outbox applies to the throughput and latency modes".into(),
             ));

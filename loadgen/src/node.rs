@@ -2,7 +2,7 @@
 //! the peers that ask for it, used both embedded in `loadgen run` and as `loadgen serve`.
 //!
 //! A peer asks for echoes by its node id: ids starting with [`ECHO_PREFIX`] get every message
-//! sent back unchanged (latency and fanin workloads); others only have their messages
+//! sent back unchanged (latency, fanin and pingpong workloads); others only have their messages
 //! acknowledged (throughput). So one `serve` process handles every workload. The engine counts
 //! what arrives; the handler adds nothing to the path of a message it does not echo but a
 //! five-byte prefix check.
@@ -32,12 +32,26 @@ pub struct Sink {
 impl Handler for Sink {
     fn on_message(&self, peer: &Peer, _: MessageId, payload: &[u8]) {
         if peer.node_id().as_str().starts_with(ECHO_PREFIX) {
-            match peer.publish(Bytes::copy_from_slice(payload)) {
+            match publish_from_handler(peer, Bytes::copy_from_slice(payload)) {
                 Ok(_) => self.echoed.fetch_add(1, Ordering::Relaxed),
                 Err(_) => self.echo_refused.fetch_add(1, Ordering::Relaxed),
             };
         }
     }
+}
+
+/// Publishes to `peer` from inside a [`Handler`] callback, on the shard thread that owns the
+/// peer: the node's echoes, and the pingpong client's next message.
+///
+/// Today this is [`Peer::publish`], which goes through the peer's cross-thread queue even when
+/// called on the owning shard. Every handler-side publish in loadgen goes through here so that
+/// a shard-local publish path, once the engine has one, is a change to this one function.
+///
+/// # Errors
+///
+/// As [`Peer::publish`]: `Backpressure` when the peer's queue is full, `ShuttingDown`.
+pub fn publish_from_handler(peer: &Peer, payload: Bytes) -> Result<MessageId, Error> {
+    peer.publish(payload)
 }
 
 /// How the serving node is set up.

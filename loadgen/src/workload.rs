@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::report::{self, LatencyLog, Sample};
 
-/// The three workloads.
+/// The four workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -22,6 +22,8 @@ pub enum Mode {
     Latency,
     /// Many connections into one node, each a closed loop of request/echo.
     Fanin,
+    /// One connection, one message in flight: each echo that comes back sends the next one.
+    Pingpong,
 }
 
 /// Flags shared by `loadgen run` and the baselines.
@@ -30,10 +32,11 @@ pub struct WorkloadArgs {
     /// Which workload to drive.
     #[arg(long, value_enum, default_value_t = Mode::Throughput)]
     pub mode: Mode,
-    /// Payload bytes per message (latency and fanin need at least 8, for the timestamp).
+    /// Payload bytes per message (latency, fanin and pingpong need at least 8, for the
+    /// timestamp).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// Connections driving load [default: 1, or 1000 for fanin].
+    /// Connections driving load [default: 1, or 1000 for fanin; pingpong takes only 1].
     #[arg(long)]
     pub conns: Option<usize>,
     /// Offered load in messages per second, all connections together (latency mode)
@@ -81,6 +84,11 @@ impl WorkloadArgs {
             .unwrap_or(if self.mode == Mode::Fanin { 1000 } else { 1 });
         if conns == 0 || conns > CONNS_MAX {
             return Err(format!("--conns must be 1 to {CONNS_MAX}"));
+        }
+        if self.mode == Mode::Pingpong && conns != 1 {
+            return Err(
+                "--mode pingpong runs one connection with one message in flight (--conns 1)".into(),
+            );
         }
         if self.size > size_max {
             return Err(format!(
@@ -359,7 +367,9 @@ impl Progress {
     }
 }
 
-/// Bytes of a payload taken by the send timestamp in latency and fanin modes.
+/// Bytes of a payload taken by the send timestamp in latency and fanin modes, and in the
+/// baselines' pingpong (ringwire's pingpong client keeps the send time itself, but takes the
+/// same minimum size so every stack runs the same `--size`).
 pub const STAMP_LEN: usize = 8;
 /// Upper bound on `--conns` (each connection is a socket at each end, all in one process when
 /// the node is embedded, under a 20,000 open-file limit).
@@ -412,6 +422,15 @@ mod tests {
         assert_eq!((fanin.conns, fanin.rate), (1000, None));
         let latency = args(Mode::Latency).resolve(1 << 20).unwrap();
         assert_eq!((latency.conns, latency.rate), (1, Some(10_000)));
+        let pingpong = args(Mode::Pingpong).resolve(1 << 20).unwrap();
+        assert_eq!((pingpong.conns, pingpong.rate), (1, None));
+
+        let mut a = args(Mode::Pingpong);
+        a.conns = Some(2);
+        assert!(a.resolve(1 << 20).unwrap_err().contains("--conns 1"));
+        let mut a = args(Mode::Pingpong);
+        a.rate = Some(1000);
+        assert!(a.resolve(1 << 20).is_err());
 
         let mut a = args(Mode::Latency);
         a.size = 4;

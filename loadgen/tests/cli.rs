@@ -88,6 +88,47 @@ fn fanin_keeps_every_connection_in_its_loop() {
 }
 
 #[test]
+fn pingpong_keeps_one_message_in_flight() {
+    pingpong(&[]);
+}
+
+#[test]
+fn pingpong_busy_poll_keeps_one_message_in_flight() {
+    let r = pingpong(&["--busy-poll"]);
+    assert_eq!(r["busy_poll"], true);
+}
+
+/// Runs a short pingpong and checks what cannot depend on the machine's speed: every message
+/// sent came back, and the percentiles are positive and in order.
+fn pingpong(extra: &[&str]) -> Value {
+    let mut args = vec!["--mode", "pingpong", "--size", "64"];
+    args.extend_from_slice(extra);
+    let r = report(&args);
+    assert_eq!(r["mode"], "pingpong");
+    assert_eq!(r["conns"], 1);
+    assert_eq!(r["rate"], Value::Null);
+    assert_eq!(r["completed"], "round_trips");
+    assert_eq!(r["latency_kind"], "round_trip");
+    let sent = u(&r, "sent");
+    assert!(sent > 0);
+    assert_eq!(r["engine"]["round_trips"], sent);
+    assert_eq!(u(&r, "received"), sent);
+    assert!(r["msgs_per_s"].as_f64().unwrap() > 0.0);
+    let l = &r["latency_us"];
+    assert!(u(l, "count") > 0, "{l}");
+    let p: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|k| {
+            l[k].as_f64()
+                .unwrap_or_else(|| panic!("latency_us.{k} in {l}"))
+        })
+        .collect();
+    assert!(p[0] > 0.0, "{l}");
+    assert!(p.windows(2).all(|w| w[0] <= w[1]), "{l}");
+    r
+}
+
+#[test]
 fn out_dir_holds_report_logs_and_charts() {
     let dir = std::env::temp_dir().join(format!("loadgen-out-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -159,6 +200,12 @@ fn bad_flags_are_usage_errors() {
         (&["--conns", "0"][..], "--conns"),
         (&["--size", "99999999"][..], "largest payload"),
         (&["--shards", "0"][..], "--shards"),
+        (&["--mode", "pingpong", "--conns", "2"][..], "--conns 1"),
+        (&["--mode", "pingpong", "--rate", "100"][..], "latency only"),
+        (
+            &["--mode", "pingpong", "--outbox", "/tmp/x"][..],
+            "--outbox applies",
+        ),
     ] {
         let out = loadgen(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
