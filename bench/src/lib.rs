@@ -1,9 +1,9 @@
 //! Benchmarks and same-workload baselines for ringwire.
 //!
-//! The baselines run loadgen's three workloads (`throughput`, `latency`, `fanin`; see the
-//! `loadgen` crate) over the stacks a user would pick instead of ringwire, written plainly the
-//! way a competent engineer would by hand, and report in loadgen's JSON schema so that a
-//! ringwire run and its baselines sit side by side:
+//! The baselines run loadgen's four workloads (`throughput`, `latency`, `fanin`, `pingpong`;
+//! see the `loadgen` crate) over the stacks a user would pick instead of ringwire, written
+//! plainly the way a competent engineer would by hand, and report in loadgen's JSON schema so
+//! that a ringwire run and its baselines sit side by side:
 //!
 //! - `std` (`src/std_stack.rs`): blocking sockets, a thread per connection; the raw-TCP
 //!   reference (its throughput has no ACKs).
@@ -21,7 +21,8 @@
 //! counters, the start gate, loadgen's measurement window, the drain and the report.
 //!
 //! Run them with the `baseline` binary:
-//! `baseline --stack std|tokio|tokio-uring --mode throughput|latency|fanin [loadgen flags]`.
+//! `baseline --stack std|tokio|tokio-uring --mode throughput|latency|fanin|pingpong
+//! [loadgen flags]`.
 
 mod flow;
 mod run;

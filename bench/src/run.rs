@@ -115,7 +115,7 @@ pub fn run(stack: Stack, w: &Workload) -> Result<Outcome, Error> {
     let (completed, latency_kind) = match (stack, w.mode) {
         (Stack::Std, Mode::Throughput) => ("received", None),
         (_, Mode::Throughput) => ("acked", Some("publish_to_ack")),
-        (_, Mode::Latency | Mode::Fanin) => ("round_trips", Some("round_trip")),
+        (_, Mode::Latency | Mode::Fanin | Mode::Pingpong) => ("round_trips", Some("round_trip")),
     };
     let counter = if completed == "received" {
         &shared.received
@@ -307,11 +307,13 @@ fn check_supported(stack: Stack, w: &Workload) -> Result<(), Error> {
              {STD_CONNS_MAX} connections (--conns {}); use --stack tokio or tokio-uring",
             w.conns
         ))),
-        Stack::Std if w.busy_poll && w.mode != Mode::Latency => Err(Error::Unsupported(
-            "--busy-poll with --stack std applies to --mode latency only (the busy-polling \
-             ping-pong reference)"
-                .into(),
-        )),
+        Stack::Std if w.busy_poll && !matches!(w.mode, Mode::Latency | Mode::Pingpong) => {
+            Err(Error::Unsupported(
+                "--busy-poll with --stack std applies to --mode latency and pingpong only (the \
+                 busy-polling references)"
+                    .into(),
+            ))
+        }
         Stack::Tokio | Stack::TokioUring if w.busy_poll => Err(Error::Unsupported(format!(
             "--busy-poll is not supported by --stack {}: its runtime parks when idle and has \
              no busy-polling mode; use --stack std for the busy-polling reference",

@@ -21,6 +21,12 @@
 //! * **fanin**: a client thread per connection runs the closed loop (write a stamped frame,
 //!   read its echo); the server echoes as in latency mode. Thread-per-connection makes no sense
 //!   at fan-in's default 1000 connections, so `--stack std` takes at most 64 (`--conns`).
+//! * **pingpong**, the raw-socket ping-pong reference: fanin's closed loop on one connection.
+//!   The client thread stamps the frame, writes it with one `write` and blocks in `read` until
+//!   the echo is back; the server thread blocks in `read` and echoes.
+//! * **pingpong `--busy-poll`**: the same loop over non-blocking sockets, spinning at both
+//!   ends with no sleep and no yield: the client thread retries `read` until the echo is back,
+//!   and the server polls as in busy-polling latency mode. Nothing else runs on either core.
 //!
 //! Counting: `sent` is counted before the frames are written (in throughput per batch of 256,
 //! fewer for messages over 1 KiB so a batch stays within 256 KiB), `received` as the server
@@ -110,7 +116,13 @@ pub(crate) fn launch(w: &Workload, run: &Arc<Run>) -> io::Result<Vec<JoinHandle<
                 pace(&streams, size, rate, run, start)
             })?);
         }
-        Mode::Fanin => {
+        Mode::Pingpong if w.busy_poll => {
+            let stream = streams.pop().expect("pingpong runs one connection");
+            threads.push(spawn_load("std-pingpong", run, move |run, start| {
+                ping_polling(stream, size, run, start)
+            })?);
+        }
+        Mode::Fanin | Mode::Pingpong => {
             for (i, stream) in streams.into_iter().enumerate() {
                 let name = format!("std-client-{i}");
                 threads.push(spawn_load(&name, run, move |run, start| {
@@ -165,7 +177,7 @@ fn serve(listener: TcpListener, w: &Workload, run: &Arc<Run>) -> io::Result<()> 
             move || {
                 let served = match mode {
                     Mode::Throughput => absorb(&stream, &run),
-                    Mode::Latency | Mode::Fanin => echo(&stream, &run),
+                    Mode::Latency | Mode::Fanin | Mode::Pingpong => echo(&stream, &run),
                 };
                 if let Err(e) = served {
                     run.fail("std server connection", &e);
@@ -264,7 +276,8 @@ fn read_echoes(stream: TcpStream, run: &Run, start: &Start) -> io::Result<()> {
     Ok(())
 }
 
-/// Fanin client: one stamped message at a time, each sent once the previous echo is back.
+/// Fanin and pingpong client: one stamped message at a time, each sent once the previous echo
+/// is back.
 fn ping(stream: TcpStream, size: usize, run: &Run, start: &Start) -> io::Result<()> {
     let mut frame = Vec::with_capacity(LEN_PREFIX + size);
     put_frame(&mut frame, &vec![0; size]);
@@ -282,7 +295,8 @@ fn ping(stream: TcpStream, size: usize, run: &Run, start: &Start) -> io::Result<
     stream.shutdown(Shutdown::Write)
 }
 
-/// Busy-polling latency server: one thread polls every connection and echoes what arrived.
+/// Busy-polling latency and pingpong server: one thread polls every connection and echoes what
+/// arrived.
 fn echo_polling(streams: Vec<TcpStream>, run: &Run) -> io::Result<()> {
     let mut conns = streams
         .into_iter()
@@ -329,6 +343,32 @@ fn read_echoes_polling(streams: Vec<TcpStream>, run: &Run, start: &Start) -> io:
     Ok(())
 }
 
+/// Busy-polling pingpong client: one stamped message at a time over a non-blocking socket,
+/// spinning on `read` (no sleep, no yield) until its echo is back.
+fn ping_polling(stream: TcpStream, size: usize, run: &Run, start: &Start) -> io::Result<()> {
+    let mut frame = Vec::with_capacity(LEN_PREFIX + size);
+    put_frame(&mut frame, &vec![0; size]);
+    let mut conn = Polled::new(stream)?;
+    while !run.is_stopped() {
+        stamp(&mut frame[LEN_PREFIX..], Instant::now());
+        run.sent.fetch_add(1, Ordering::Relaxed);
+        write_all_spinning(&conn.stream, &frame)?;
+        loop {
+            if let Some(payload) = conn.rx.next_frame()? {
+                run.on_echo(start, payload)?;
+                break;
+            }
+            if !conn.poll_read()? {
+                if conn.eof {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                std::hint::spin_loop();
+            }
+        }
+    }
+    conn.stream.shutdown(Shutdown::Write)
+}
+
 /// `write_all` that also works on a non-blocking socket, by retrying until the kernel takes
 /// every byte (a blocking socket never asks it to).
 fn write_all_spinning(mut stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
@@ -345,8 +385,8 @@ fn write_all_spinning(mut stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// A non-blocking connection of the busy-polling latency mode: its read buffer, and the bytes
-/// it still has to write.
+/// A non-blocking connection of the busy-polling modes: its read buffer, and the bytes it still
+/// has to write.
 #[derive(Debug)]
 struct Polled {
     stream: TcpStream,

@@ -20,6 +20,8 @@
 //!   frame is ready. `acked` counts echoes back; `completed` = `round_trips`.
 //! * **fanin**: a client task per connection runs the closed loop (send a stamped frame, await
 //!   its echo); the server echoes as above, a task per accepted connection.
+//! * **pingpong**: fanin's closed loop on its one connection: one stamped message in flight,
+//!   the next sent once the echo is back.
 //!
 //! Every socket has `TCP_NODELAY`. `--busy-poll` is refused: tokio parks in `epoll_wait` when
 //! idle and has no polling mode. When the run stops, clients finish their last batch, close
@@ -184,7 +186,7 @@ async fn serve(listener: TcpListener, w: &Workload, run: &Arc<Run>) {
             let stream = answer_hello(stream).await?;
             match mode {
                 Mode::Throughput => absorb(stream, run2).await,
-                Mode::Latency | Mode::Fanin => echo(stream, run2).await,
+                Mode::Latency | Mode::Fanin | Mode::Pingpong => echo(stream, run2).await,
             }
         }));
     }
@@ -237,7 +239,7 @@ async fn load(
                     write_requests(writer, requests),
                 ));
             }
-            Mode::Fanin => {
+            Mode::Fanin | Mode::Pingpong => {
                 tasks.push(spawn_conn(
                     run,
                     "tokio client",
@@ -412,7 +414,8 @@ async fn read_echoes(reader: OwnedReadHalf, run: Arc<Run>, start: Arc<Start>) ->
     Ok(())
 }
 
-/// Fanin client: one stamped message at a time, each sent once the previous echo is back.
+/// Fanin and pingpong client: one stamped message at a time, each sent once the previous echo
+/// is back.
 async fn ping(stream: TcpStream, size: usize, run: Arc<Run>, start: Arc<Start>) -> io::Result<()> {
     let mut framed = Framed::new(stream, codec());
     while !run.is_stopped() {

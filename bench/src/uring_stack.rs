@@ -23,6 +23,8 @@
 //!   read back in one write. `acked` counts echoes back; `completed` = `round_trips`.
 //! * **fanin**: a client task per connection (`tokio_uring::spawn`) runs the closed loop; the
 //!   server echoes as above, a task per accepted connection (listen backlog 1024).
+//! * **pingpong**: fanin's closed loop on its one connection: one stamped message in flight,
+//!   the next written once the echo is read.
 //!
 //! Every socket has `TCP_NODELAY`. `--busy-poll` is refused: tokio-uring parks in tokio's
 //! `epoll_wait` (with the ring's fd registered) when idle and offers no polling mode. When the
@@ -139,7 +141,7 @@ async fn serve(listener: TcpListener, w: &Workload, run: &Arc<Run>) {
                 written?;
                 match mode {
                     Mode::Throughput => absorb(stream, run2).await,
-                    Mode::Latency | Mode::Fanin => echo(stream, run2).await,
+                    Mode::Latency | Mode::Fanin | Mode::Pingpong => echo(stream, run2).await,
                 }
             },
         ));
@@ -178,7 +180,7 @@ async fn load(
                 tasks.push(spawn_conn(run, context, reader));
                 tasks.push(spawn_conn(run, context, write_requests(stream, requests)));
             }
-            Mode::Fanin => {
+            Mode::Fanin | Mode::Pingpong => {
                 tasks.push(spawn_conn(run, context, ping(stream, w.size, run2, start)));
             }
         }
@@ -356,7 +358,8 @@ async fn read_echoes(stream: Rc<TcpStream>, run: Arc<Run>, start: Arc<Start>) ->
     }
 }
 
-/// Fanin client: one stamped message at a time, each sent once the previous echo is back.
+/// Fanin and pingpong client: one stamped message at a time, each sent once the previous echo
+/// is back.
 async fn ping(stream: TcpStream, size: usize, run: Arc<Run>, start: Arc<Start>) -> io::Result<()> {
     let mut rx = RecvBuf::new();
     let mut frame = Vec::with_capacity(LEN_PREFIX + size);

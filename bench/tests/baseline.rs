@@ -30,6 +30,18 @@ fn std_fanin() {
 }
 
 #[test]
+fn std_pingpong() {
+    let report = smoke("std", "pingpong", &[]);
+    assert!(!report.busy_poll);
+}
+
+#[test]
+fn std_pingpong_busy_poll() {
+    let report = smoke("std", "pingpong", &["--busy-poll"]);
+    assert!(report.busy_poll);
+}
+
+#[test]
 fn tokio_throughput() {
     smoke("tokio", "throughput", &[]);
 }
@@ -42,6 +54,11 @@ fn tokio_latency() {
 #[test]
 fn tokio_fanin() {
     smoke("tokio", "fanin", &["--conns", "20"]);
+}
+
+#[test]
+fn tokio_pingpong() {
+    smoke("tokio", "pingpong", &[]);
 }
 
 #[test]
@@ -66,6 +83,13 @@ fn tokio_uring_fanin() {
 }
 
 #[test]
+fn tokio_uring_pingpong() {
+    if has_io_uring() {
+        smoke("tokio-uring", "pingpong", &[]);
+    }
+}
+
+#[test]
 fn busy_poll_on_tokio_is_refused() {
     let out = baseline(&["--stack", "tokio", "--mode", "latency", "--busy-poll"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -77,6 +101,13 @@ fn std_fanin_at_a_thousand_connections_is_refused() {
     let out = baseline(&["--stack", "std", "--mode", "fanin"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--conns"), "{}", stderr(&out));
+}
+
+#[test]
+fn pingpong_on_more_than_one_connection_is_refused() {
+    let out = baseline(&["--stack", "std", "--mode", "pingpong", "--conns", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--conns 1"), "{}", stderr(&out));
 }
 
 #[test]
@@ -129,12 +160,24 @@ fn smoke(stack: &str, mode: &str, extra: &[&str]) -> Report {
             assert_eq!(report.latency_kind.as_deref(), Some("publish_to_ack"));
             assert!(report.latency_us.is_some(), "no latency samples");
         }
-        (_, Mode::Latency | Mode::Fanin) => {
+        (_, Mode::Latency | Mode::Fanin | Mode::Pingpong) => {
             assert_eq!(report.completed, "round_trips");
             assert!(report.acked > 0, "{counts:?}");
             assert_eq!(report.latency_kind.as_deref(), Some("round_trip"));
             assert!(report.latency_us.is_some(), "no latency samples");
         }
+    }
+    if report.mode == Mode::Pingpong {
+        // One message in flight: every one sent came back, and the percentiles are in order.
+        assert_eq!(report.conns, 1);
+        assert_eq!(report.acked, report.sent, "{counts:?}");
+        let l = report.latency_us.expect("checked above");
+        assert!(l.count > 0 && l.p50 > 0.0, "{l:?}");
+        assert!(
+            l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max,
+            "{l:?}"
+        );
+        assert!(report.msgs_per_s > 0.0);
     }
     report
 }

@@ -3,7 +3,7 @@
 //! loadgen's schema. See the `ringwire_bench` crate docs for what each stack does.
 //!
 //! ```text
-//! baseline --stack std|tokio|tokio-uring [--mode throughput|latency|fanin] [--size B]
+//! baseline --stack std|tokio|tokio-uring [--mode throughput|latency|fanin|pingpong] [--size B]
 //!          [--conns N] [--rate MSGS_PER_S] [--duration 10s] [--warmup 1s] [--busy-poll]
 //!          [--json PATH|-] [--out DIR]
 //! ```
