@@ -39,6 +39,8 @@ WORKLOADS=(
   "lat64|--mode latency --size 64 --rate 10000"
   "lat64busy|--mode latency --size 64 --rate 10000 --busy-poll"
   "fanin|--mode fanin --size 64 --conns 1000"
+  "pp64|--mode pingpong --size 64"
+  "pp64busy|--mode pingpong --size 64 --busy-poll"
 )
 STACKS=(ringwire std tokio tokio-uring)
 # variant|flags — the durable outbox rows, all 64 B throughput through loadgen.

@@ -23,6 +23,8 @@ WORKLOADS = {
     "lat64": "latency, 64 B request/echo, 10,000 msgs/s open loop",
     "lat64busy": "latency, 64 B request/echo, 10,000 msgs/s open loop, busy-polling",
     "fanin": "fanin, 1000 connections, 64 B closed-loop echo",
+    "pp64": "ping-pong, 64 B, one message in flight",
+    "pp64busy": "ping-pong, 64 B, one message in flight, both sides busy-polling",
 }
 
 
@@ -188,6 +190,16 @@ def main():
     x = ratio(a, b)
     bar("latency 64 B, busy-poll", "p50 ≤ 1.3× busy-polled raw TCP",
         f"{fmt(a)} vs {fmt(b)} µs = {x:.2f}×" if x else "—", None if x is None else x <= 1.3)
+    for workload, label, limits in (
+            ("pp64busy", "ping-pong 64 B, both sides spinning", (("p50", 1.3), ("p99", 1.5))),
+            ("pp64", "ping-pong 64 B, sleeping", (("p50", 1.1), ("p99", 1.1)))):
+        for q, limit in limits:
+            a = m(workload, "ringwire", lat(q))
+            b = m(workload, "std", lat(q))
+            x = ratio(a, b)
+            bar(label, f"{q} ≤ {limit}× std ping-pong",
+                f"{fmt(a)} vs {fmt(b)} µs = {x:.2f}×" if x else "—",
+                None if x is None else x <= limit)
     a = m("fanin", "ringwire", lambda r: r["msgs_per_s"])
     b = m("fanin", "tokio", lambda r: r["msgs_per_s"])
     x = ratio(a, b)
@@ -229,8 +241,9 @@ def main():
             note = " (publish→ack)" if kind == "publish_to_ack" else ""
             if stack == "ringwire":
                 rel = ""
-            elif workload.startswith("lat"):
-                # Latency workloads all carry the offered rate; compare medians instead.
+            elif workload.startswith(("lat", "pp")):
+                # Latency workloads all carry the offered rate, and a ping-pong's rate is its
+                # mean round trip: compare median latencies instead.
                 x = ratio(m(workload, "ringwire", lat("p50")), m(workload, stack, lat("p50")))
                 rel = f"{x:.2f}× p50 (lower is better)" if x else ""
             else:
@@ -252,7 +265,7 @@ def main():
             with open(path, "w") as f:
                 json.dump(report, f)
             paths.append(path)
-        kinds = ["latency"] if workload.startswith(("lat", "fanin")) else ["throughput"]
+        kinds = ["latency"] if workload.startswith(("lat", "fanin", "pp")) else ["throughput"]
         if workload.startswith("tp"):
             kinds.append("latency")
         for kind in kinds:
