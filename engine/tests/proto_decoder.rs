@@ -20,7 +20,7 @@ use ringwire::proto::frame::{
 };
 use ringwire::proto::handshake::Accepting;
 use ringwire::proto::heartbeat::HeartbeatConfig;
-use ringwire::proto::session::{Sessions, TxEntry};
+use ringwire::proto::session::{Acked, Sessions};
 use ringwire::proto::{
     Connection, ConnectionConfig, Decoder, Frame, GoAwayReason, Hello, Kind, ProtocolError, Seq,
     SessionId,
@@ -448,7 +448,7 @@ proptest! {
                     prop_assert!(!hello.node_id.is_empty());
                     prop_assert!(hello.node_id.len() <= NODE_ID_LEN_MAX);
                     prop_assert!(hello.body_len_max >= 8);
-                    let mut sessions = Sessions::<()>::new(SessionId(Uuid::from_u128(1)));
+                    let mut sessions = Sessions::new(SessionId(Uuid::from_u128(1)));
                     let accepted =
                         Connection::accept(config(t0), &hello, &mut sessions, t0, &mut NoEvents);
                     if let Ok(mut conn) = accepted {
@@ -458,7 +458,7 @@ proptest! {
                         }
                         conn.handle_eof();
                         let mut out = Vec::new();
-                        conn.poll_transmit(&mut sessions, t0, &mut out, usize::MAX);
+                        conn.poll_transmit(&mut sessions, t0, &mut out, &mut Vec::new(), usize::MAX);
                     }
                     break;
                 }
@@ -474,9 +474,9 @@ proptest! {
 
 struct NoEvents;
 
-impl Events<()> for NoEvents {
+impl Events for NoEvents {
     fn on_message(&mut self, _: SessionId, _: Seq, _: &[u8]) {}
-    fn on_acked(&mut self, _: Seq, _: TxEntry<()>) {}
+    fn on_acked(&mut self, _: Acked) {}
 }
 
 fn config(epoch: Instant) -> Arc<ConnectionConfig> {

@@ -16,11 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use loadgen::workload::{self, Workload};
 use loadgen::{Counts, LatencyLog};
 use ringwire::proto::connection::Events;
-use ringwire::proto::session::{Sessions, TxEntry};
+use ringwire::proto::session::{Acked, Sessions};
 use ringwire::proto::{Connection, ConnectionConfig, Seq, SessionId};
 use ringwire::{AckPolicy, HeartbeatConfig};
 
@@ -104,18 +103,19 @@ pub fn run(
 struct Driver {
     epoll: i32,
     clients: Vec<Client>,
-    size: usize,
     log: Arc<LatencyLog>,
     round_trips: Arc<AtomicU64>,
     sent: u64,
     acked: u64,
     scratch: Vec<u8>,
+    /// The next payload, stamped in place.
+    payload: Vec<u8>,
 }
 
 struct Client {
     stream: TcpStream,
     conn: Connection,
-    sessions: Sessions<Instant>,
+    sessions: Sessions,
     /// Bytes to write, from `out_pos`.
     out: Vec<u8>,
     out_pos: usize,
@@ -133,15 +133,15 @@ struct Seen {
     acked: u64,
 }
 
-impl Events<Instant> for Seen {
+impl Events for Seen {
     fn on_message(&mut self, _: SessionId, _: Seq, payload: &[u8]) {
         if let Some(sent) = workload::read_stamp(payload) {
             self.echoes.push(sent);
         }
     }
 
-    fn on_acked(&mut self, _: Seq, _: TxEntry<Instant>) {
-        self.acked += 1;
+    fn on_acked(&mut self, acked: Acked) {
+        self.acked += acked.count;
     }
 }
 
@@ -188,9 +188,7 @@ impl Driver {
                 want_write: false,
                 eof: false,
             };
-            client
-                .conn
-                .poll_transmit(&mut client.sessions, now, &mut client.out, usize::MAX);
+            client.queue_transmit(now);
             epoll_ctl(epoll, libc::EPOLL_CTL_ADD, &client.stream, i, false)
                 .map_err(|e| format!("epoll_ctl: {e}"))?;
             clients.push(client);
@@ -198,12 +196,12 @@ impl Driver {
         Ok(Driver {
             epoll,
             clients,
-            size,
             log,
             round_trips,
             sent: 0,
             acked: 0,
             scratch: vec![0; 64 * 1024],
+            payload: vec![0; size],
         })
     }
 
@@ -330,10 +328,9 @@ impl Driver {
     /// Starts connection `i`'s next round trip.
     fn send_next(&mut self, i: usize, now: Instant) {
         let client = &mut self.clients[i];
-        let mut payload = BytesMut::zeroed(self.size);
-        workload::stamp(&mut payload, now);
+        workload::stamp(&mut self.payload, now);
         let seq = client.sessions.tx.seq_next();
-        client.sessions.tx.push(seq, Bytes::from(payload), now);
+        client.sessions.tx.push(seq, &self.payload, 0);
         client.waiting = true;
         self.sent += 1;
         client.queue_transmit(now);
@@ -368,8 +365,18 @@ impl Client {
             self.out.clear();
             self.out_pos = 0;
         }
-        self.conn
-            .poll_transmit(&mut self.sessions, now, &mut self.out, usize::MAX);
+        let mut data = Vec::new();
+        self.conn.poll_transmit(
+            &mut self.sessions,
+            now,
+            &mut self.out,
+            &mut data,
+            usize::MAX,
+        );
+        // A blocking-socket client: the held frames are copied into the write buffer.
+        for slice in data {
+            self.out.extend_from_slice(&slice);
+        }
     }
 }
 

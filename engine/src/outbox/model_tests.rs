@@ -11,13 +11,13 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use proptest::prelude::*;
 
 use crate::outbox::record;
 use crate::outbox::store::{PEERS_MAX, Recovered, ShardOutbox};
 use crate::outbox::watermarks::{Entry, Watermarks};
-use crate::proto::session::{Delivery, RxSession, Transmit, TxSession};
+use crate::proto::frame::{Decoder, Frame as WireFrame};
+use crate::proto::session::{Delivery, RxSession, TxSession};
 use crate::proto::{Seq, SessionId};
 
 const PEER: &str = "node-b";
@@ -59,7 +59,7 @@ type Frame = (Seq, Option<u64>);
 struct Sender {
     outbox: ShardOutbox,
     slot: usize,
-    tx: TxSession<()>,
+    tx: TxSession,
 }
 
 struct Receiver {
@@ -106,7 +106,7 @@ fn open_sender(dir: &Path) -> Sender {
     let mut tx = TxSession::resuming(state.session, state.acked);
     for m in messages.remove(&state.slot).unwrap_or_default() {
         let payload = m.payload.expect("no record is damaged");
-        tx.push(m.seq, payload, ());
+        tx.push(m.seq, &payload, record::space(payload.len()) as u64);
     }
     assert_eq!(
         tx.seq_next(),
@@ -160,14 +160,24 @@ impl World {
                 }
             }
             Op::Transmit(n) if self.connected => {
-                for _ in 0..n {
-                    match self.sender.tx.poll_transmit() {
-                        Some(Transmit::Msg(seq, payload)) => {
-                            self.wire.push_back((seq, Some(number(payload))));
-                        }
-                        Some(Transmit::Lost(seq)) => self.wire.push_back((seq, None)),
-                        None => break,
-                    }
+                // A budget of about n small frames: whole segments go out, so a transmit may
+                // carry more than n messages, or fewer if nothing more was published.
+                let mut slices = Vec::new();
+                self.sender
+                    .tx
+                    .poll_transmit(usize::from(n) * 32, &mut slices);
+                let mut decoder = Decoder::new(1 << 20);
+                for slice in &slices {
+                    decoder
+                        .decode(slice, |frame| {
+                            self.wire.push_back(match frame {
+                                WireFrame::Msg { seq, payload } => (seq, Some(number(payload))),
+                                WireFrame::Lost { seq } => (seq, None),
+                                other => panic!("unexpected frame {other:?}"),
+                            });
+                            Ok(())
+                        })
+                        .unwrap();
                 }
             }
             Op::Deliver(n) => {
@@ -212,7 +222,10 @@ impl World {
         };
         appender.set_next(self.sender.slot, seq.next());
         drop(appender);
-        self.sender.tx.push(seq, Bytes::from(payload(number)), ());
+        let payload = payload(number);
+        self.sender
+            .tx
+            .push(seq, &payload, record::space(payload.len()) as u64);
         self.accepted.push(number);
         self.next_number += 1;
     }
@@ -248,10 +261,7 @@ impl World {
         // The receiver acknowledges its watermark, which covers only what reached it.
         let mut bytes = 0;
         let acked = self.receiver.rx.seq_delivered();
-        self.sender
-            .tx
-            .handle_ack(acked, |_, e| bytes += record::space(e.payload.len()) as u64)
-            .unwrap();
+        bytes += self.sender.tx.handle_ack(acked).unwrap().weight;
         let seq = self.sender.tx.seq_acked();
         self.sender
             .outbox
@@ -269,12 +279,7 @@ impl World {
         // the receiver learns the sender's session and first held seq.
         let mut bytes = 0;
         let (rx_id, delivered) = (self.receiver.rx.id(), self.receiver.rx.seq_delivered());
-        self.sender
-            .tx
-            .resume(rx_id, delivered, |_, e| {
-                bytes += record::space(e.payload.len()) as u64
-            })
-            .unwrap();
+        bytes += self.sender.tx.resume(rx_id, delivered).unwrap().weight;
         let seq = self.sender.tx.seq_acked();
         self.sender
             .outbox

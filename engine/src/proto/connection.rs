@@ -9,12 +9,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::proto::ack::{AckPolicy, AckState};
 use crate::proto::error::{GoAwayReason, ProtocolError};
-use crate::proto::frame::{self, Decoder, Frame, Hello, Seq, SessionId};
+use crate::proto::frame::{Decoder, Frame, Hello, Seq, SessionId};
 use crate::proto::handshake::HelloInfo;
 use crate::proto::heartbeat::{Heartbeat, HeartbeatConfig};
-use crate::proto::session::{Delivery, Sessions, Transmit, TxEntry};
+use crate::proto::session::{Acked, Delivery, Sessions};
 
 /// Settings shared by every connection of a node.
 #[derive(Debug, Clone)]
@@ -58,11 +60,11 @@ pub enum CloseCause {
 }
 
 /// What a connection reports while it processes input.
-pub trait Events<T> {
+pub trait Events {
     /// A new message of the peer's `session`, in order, exactly once.
     fn on_message(&mut self, session: SessionId, seq: Seq, payload: &[u8]);
-    /// The peer acknowledged a message.
-    fn on_acked(&mut self, seq: Seq, entry: TxEntry<T>);
+    /// The peer acknowledged messages (called only when the acknowledged seq moved).
+    fn on_acked(&mut self, acked: Acked);
     /// The peer reported message `seq` of its `session` lost: it will never arrive.
     fn on_lost(&mut self, _session: SessionId, _seq: Seq) {}
 }
@@ -107,10 +109,10 @@ struct Established {
 
 impl Connection {
     /// A dialed connection: queues this side's HELLO and waits for the peer's.
-    pub fn dial<T>(
+    pub fn dial(
         config: Arc<ConnectionConfig>,
         expected_peer: &str,
-        sessions: &Sessions<T>,
+        sessions: &Sessions,
         now: Instant,
     ) -> Connection {
         let mut core = Core {
@@ -136,12 +138,12 @@ impl Connection {
     /// # Errors
     ///
     /// A resume point beyond what this side ever sent is [`ProtocolError::AckBeyondSent`].
-    pub fn accept<T>(
+    pub fn accept(
         config: Arc<ConnectionConfig>,
         hello: &HelloInfo,
-        sessions: &mut Sessions<T>,
+        sessions: &mut Sessions,
         now: Instant,
-        events: &mut impl Events<T>,
+        events: &mut impl Events,
     ) -> Result<Connection, ProtocolError> {
         let mut core = Core {
             role: Role::Acceptor,
@@ -166,12 +168,12 @@ impl Connection {
     ///
     /// A [`ProtocolError`]: a GOAWAY is queued and the connection is closing. Send what
     /// [`Connection::poll_transmit`] returns, then close the socket.
-    pub fn handle_bytes<T>(
+    pub fn handle_bytes(
         &mut self,
-        sessions: &mut Sessions<T>,
+        sessions: &mut Sessions,
         data: &[u8],
         now: Instant,
-        events: &mut impl Events<T>,
+        events: &mut impl Events,
     ) -> Result<(), ProtocolError> {
         if matches!(self.core.state, State::Closing(_)) {
             return Ok(());
@@ -216,7 +218,7 @@ impl Connection {
 
     /// Closes from this side: writes any pending ACK, then GOAWAY with `reason` (or CLOSE for
     /// [`GoAwayReason::Normal`]).
-    pub fn close<T>(&mut self, sessions: &Sessions<T>, reason: GoAwayReason, message: &str) {
+    pub fn close(&mut self, sessions: &Sessions, reason: GoAwayReason, message: &str) {
         if matches!(self.core.state, State::Closing(_)) {
             return;
         }
@@ -242,17 +244,19 @@ impl Connection {
         self.core.state = State::Closing(CloseCause::Local(reason));
     }
 
-    /// Appends what is due to `out`: queued control frames, a PONG, a PING, an ACK, then
-    /// messages while fewer than `budget` bytes were added (so one large message may overshoot
-    /// the budget, and control frames that fill it defer messages to the next call).
-    /// Returns the number of messages written.
-    pub fn poll_transmit<T>(
+    /// Appends what is due: queued control frames, a PONG, a PING and an ACK to `out`, then the
+    /// session's unsent messages to `data`, as slices of the frames it holds (they go on the
+    /// wire after `out`), while fewer than `budget` bytes were added (a segment of messages
+    /// may overshoot the budget, and control frames that fill it defer messages to the next
+    /// call). Returns the number of messages added.
+    pub fn poll_transmit(
         &mut self,
-        sessions: &mut Sessions<T>,
+        sessions: &mut Sessions,
         now: Instant,
         out: &mut Vec<u8>,
+        data: &mut Vec<Bytes>,
         budget: usize,
-    ) -> usize {
+    ) -> u64 {
         let start = out.len();
         out.append(&mut self.core.pending);
         let State::Established(e) = &mut self.core.state else {
@@ -271,20 +275,15 @@ impl Connection {
             .encode(out);
             e.ack.handle_sent();
         }
-        let mut count = 0;
-        while out.len() - start < budget {
-            match sessions.tx.poll_transmit() {
-                Some(Transmit::Msg(seq, payload)) => frame::encode_msg(seq, payload, out),
-                Some(Transmit::Lost(seq)) => Frame::Lost { seq }.encode(out),
-                None => break,
-            }
-            count += 1;
+        let used = out.len() - start;
+        if used >= budget {
+            return 0;
         }
-        count
+        sessions.tx.poll_transmit(budget - used, data)
     }
 
     /// Whether [`Connection::poll_transmit`] has something to write now.
-    pub fn wants_transmit<T>(&self, sessions: &Sessions<T>, now: Instant) -> bool {
+    pub fn wants_transmit(&self, sessions: &Sessions, now: Instant) -> bool {
         if !self.core.pending.is_empty() {
             return true;
         }
@@ -346,12 +345,12 @@ impl Connection {
 }
 
 impl Core {
-    fn handle_frame<T>(
+    fn handle_frame(
         &mut self,
         frame: Frame<'_>,
-        sessions: &mut Sessions<T>,
+        sessions: &mut Sessions,
         now: Instant,
-        events: &mut impl Events<T>,
+        events: &mut impl Events,
     ) -> Result<(), ProtocolError> {
         match &mut self.state {
             State::Closing(_) => Ok(()),
@@ -394,9 +393,13 @@ impl Core {
                     e.ack.handle_received(now);
                     Ok(())
                 }
-                Frame::Ack { seq } => sessions
-                    .tx
-                    .handle_ack(seq, |s, entry| events.on_acked(s, entry)),
+                Frame::Ack { seq } => {
+                    let acked = sessions.tx.handle_ack(seq)?;
+                    if acked.count > 0 {
+                        events.on_acked(acked);
+                    }
+                    Ok(())
+                }
                 Frame::Ping { timestamp } => {
                     e.heartbeat.handle_ping(timestamp);
                     Ok(())
@@ -431,18 +434,17 @@ impl Core {
         }
     }
 
-    fn establish<T>(
+    fn establish(
         &mut self,
         hello: &HelloInfo,
-        sessions: &mut Sessions<T>,
+        sessions: &mut Sessions,
         now: Instant,
-        events: &mut impl Events<T>,
+        events: &mut impl Events,
     ) -> Result<(), ProtocolError> {
-        sessions
-            .tx
-            .resume(hello.rx_session, hello.rx_delivered, |s, entry| {
-                events.on_acked(s, entry)
-            })?;
+        let acked = sessions.tx.resume(hello.rx_session, hello.rx_delivered)?;
+        if acked.count > 0 {
+            events.on_acked(acked);
+        }
         let lost_on_resume = sessions.rx.resume(hello.tx_session, hello.tx_seq_first);
         self.state = State::Established(Established {
             ack: AckState::new(self.config.ack),
@@ -452,7 +454,7 @@ impl Core {
         Ok(())
     }
 
-    fn queue_hello<T>(&mut self, sessions: &Sessions<T>) {
+    fn queue_hello(&mut self, sessions: &Sessions) {
         Frame::Hello(Hello {
             caps: 0,
             body_len_max: self.config.body_len_max,
@@ -481,7 +483,6 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use uuid::Uuid;
 
     use super::*;
@@ -491,15 +492,16 @@ mod tests {
     #[derive(Default)]
     struct Log {
         messages: Vec<(u64, Vec<u8>)>,
+        /// The acknowledged seq after each acknowledgement.
         acked: Vec<u64>,
     }
 
-    impl Events<()> for Log {
+    impl Events for Log {
         fn on_message(&mut self, _: SessionId, seq: Seq, payload: &[u8]) {
             self.messages.push((seq.0, payload.to_vec()));
         }
-        fn on_acked(&mut self, seq: Seq, _: TxEntry<()>) {
-            self.acked.push(seq.0);
+        fn on_acked(&mut self, acked: Acked) {
+            self.acked.push(acked.through.0);
         }
     }
 
@@ -514,16 +516,18 @@ mod tests {
         })
     }
 
-    fn transmit(conn: &mut Connection, s: &mut Sessions<()>, now: Instant) -> Vec<u8> {
+    fn transmit(conn: &mut Connection, s: &mut Sessions, now: Instant) -> Vec<u8> {
         let mut out = Vec::new();
-        conn.poll_transmit(s, now, &mut out, usize::MAX);
+        let mut data = Vec::new();
+        conn.poll_transmit(s, now, &mut out, &mut data, usize::MAX);
+        data.iter().for_each(|d| out.extend_from_slice(d));
         out
     }
 
     /// Dials `a` to `b`, returning both established connections.
     fn connect(
-        a: &mut Sessions<()>,
-        b: &mut Sessions<()>,
+        a: &mut Sessions,
+        b: &mut Sessions,
         t0: Instant,
         log: &mut Log,
     ) -> (Connection, Connection) {
@@ -547,7 +551,7 @@ mod tests {
         let mut log = Log::default();
         let (mut da, mut ab) = connect(&mut a, &mut b, t0, &mut log);
         for i in 1..=4u64 {
-            a.tx.push(Seq(i), Bytes::from(vec![i as u8]), ());
+            a.tx.push(Seq(i), &[i as u8], 0);
         }
         let bytes = transmit(&mut da, &mut a, t0);
         // Deliver only the first two MSG frames (17 bytes each) before the link dies.
@@ -559,7 +563,7 @@ mod tests {
         let (mut da, mut ab) = connect(&mut a, &mut b, t0, &mut log2);
         assert_eq!(
             log2.acked,
-            [1, 2],
+            [2],
             "the acceptor's HELLO acknowledged what it delivered"
         );
         let bytes = transmit(&mut da, &mut a, t0);
@@ -567,21 +571,22 @@ mod tests {
         assert_eq!(log2.messages, [(3, vec![3]), (4, vec![4])]);
         let ack = transmit(&mut ab, &mut b, t0);
         da.handle_bytes(&mut a, &ack, t0, &mut log2).unwrap();
-        assert_eq!(log2.acked, [1, 2, 3, 4]);
+        assert_eq!(log2.acked, [2, 4]);
         assert_eq!(a.tx.unacked_count(), 0);
     }
 
     #[test]
     fn wrong_peer_and_timeouts_queue_a_goaway() {
         let t0 = Instant::now();
-        let mut a: Sessions<()> = Sessions::new(SessionId(Uuid::from_u128(1)));
+        let mut a: Sessions = Sessions::new(SessionId(Uuid::from_u128(1)));
         let mut dialer = Connection::dial(config("a", t0), "not-b", &a, t0);
         let mut reply = Vec::new();
-        let b: Sessions<()> = Sessions::new(SessionId(Uuid::from_u128(2)));
+        let b: Sessions = Sessions::new(SessionId(Uuid::from_u128(2)));
         Connection::dial(config("b", t0), "a", &b, t0).poll_transmit(
-            &mut Sessions::<()>::new(SessionId::NIL),
+            &mut Sessions::new(SessionId::NIL),
             t0,
             &mut reply,
+            &mut Vec::new(),
             0,
         );
         transmit(&mut dialer, &mut a, t0);
@@ -590,7 +595,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, ProtocolError::WrongPeer);
         let goaway = transmit(&mut dialer, &mut a, t0);
-        assert_eq!(goaway[4], frame::Kind::GoAway as u8);
+        assert_eq!(goaway[4], crate::proto::frame::Kind::GoAway as u8);
 
         let mut stalled = Connection::dial(config("a", t0), "b", &a, t0);
         assert_eq!(stalled.handle_timeout(t0 + Duration::from_secs(1)), Ok(()));

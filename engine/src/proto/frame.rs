@@ -383,6 +383,39 @@ pub fn encode_msg(seq: Seq, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// The header and sequence number of a MSG frame whose payload is `payload_len` bytes: the 16
+/// bytes that precede the payload, built in one piece for encoders that write into their own
+/// buffers.
+///
+/// # Panics
+///
+/// If the body would not fit the header's u32 length (callers cap payloads far below).
+pub fn msg_head(seq: Seq, payload_len: usize) -> [u8; HEADER_LEN + MSG_PREFIX_LEN] {
+    let body_len =
+        u32::try_from(MSG_PREFIX_LEN + payload_len).expect("frame body length fits in u32");
+    let mut head = [0u8; HEADER_LEN + MSG_PREFIX_LEN];
+    head[..4].copy_from_slice(&body_len.to_le_bytes());
+    head[4] = Kind::Msg as u8;
+    head[8..].copy_from_slice(&seq.0.to_le_bytes());
+    head
+}
+
+/// A whole LOST frame for `seq` (see [`Frame::Lost`]).
+pub fn lost_frame(seq: Seq) -> [u8; HEADER_LEN + 8] {
+    let mut frame = [0u8; HEADER_LEN + 8];
+    frame[..4].copy_from_slice(&8u32.to_le_bytes());
+    frame[4] = Kind::Lost as u8;
+    frame[8..].copy_from_slice(&seq.0.to_le_bytes());
+    frame
+}
+
+/// The length, header included, of the well-formed frame that `bytes` starts with (as this
+/// node encoded it: the caller vouches for the header).
+pub fn encoded_frame_len(bytes: &[u8]) -> usize {
+    let body_len = u32::from_le_bytes(bytes[..4].try_into().expect("a whole header"));
+    HEADER_LEN + body_len as usize
+}
+
 /// The encoded length of a MSG frame carrying `payload_len` bytes.
 pub fn msg_frame_len(payload_len: usize) -> usize {
     HEADER_LEN + MSG_PREFIX_LEN + payload_len

@@ -1,120 +1,188 @@
 //! Sessions: per-direction sequencing, replay and dedup (docs/protocol.md, "Sessions").
 //!
-//! A [`TxSession`] holds every message its peer has not acknowledged, in sequence order, and a
-//! cursor that says how many of them went out on the current connection. A [`RxSession`] holds
-//! the delivered watermark: a MSG at or below it is a replay and is dropped, the next one is
-//! delivered, and a gap is a protocol error because TCP is ordered. Both outlive connections;
-//! [`TxSession::resume`] and [`RxSession::resume`] apply the resume points exchanged in HELLO.
+//! A [`TxSession`] holds every message its peer has not acknowledged, as the frames they were
+//! encoded into: a message is written once, into the session's open buffer, and what was
+//! written is sealed into [`Segment`]s that go to the socket as they are (no copy) and are
+//! freed whole when a cumulative ACK passes their last sequence number. Nothing is kept per
+//! message. A [`RxSession`] holds the delivered watermark: a MSG at or below it is a replay and
+//! is dropped, the next one is delivered, and a gap is a protocol error because TCP is ordered.
+//! Both outlive connections; [`TxSession::resume`] and [`RxSession::resume`] apply the resume
+//! points exchanged in HELLO.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::proto::error::ProtocolError;
-use crate::proto::frame::{Seq, SessionId};
+use crate::proto::frame::{self, Seq, SessionId};
 
-/// One unacknowledged message and the caller's token for it (a confirmation, say).
-#[derive(Debug)]
-pub struct TxEntry<T> {
-    pub payload: Bytes,
-    pub token: T,
+/// What a cumulative acknowledgement released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Acked {
+    /// The new acknowledged sequence number (everything up to it is acknowledged).
+    pub through: Seq,
+    /// Messages newly acknowledged.
+    pub count: u64,
+    /// The summed `weight`s of the messages whose segments were freed (see
+    /// [`TxSession::push`]); a segment's weight is released when its last message is
+    /// acknowledged.
+    pub weight: u64,
 }
 
-/// What [`TxSession::poll_transmit`] hands out.
+/// Limits on what a session holds: the sans-IO half of flow control. A sender takes new
+/// messages only while [`TxSession::has_room`] says so; a slow peer thereby pushes back on its
+/// publishers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transmit<'a> {
-    Msg(Seq, &'a Bytes),
-    Lost(Seq),
+pub struct FlowLimits {
+    /// Messages unacknowledged (sent or not).
+    pub unacked_count_max: u64,
+    /// Payload bytes unacknowledged (sent or not).
+    pub unacked_bytes_max: usize,
+    /// Encoded bytes not yet handed to the connection. Messages are encoded shortly before
+    /// they are sent, so the bytes the kernel copies are still in the cache; what waits
+    /// longer waits in the publish queue, unencoded.
+    pub unsent_bytes_max: usize,
+}
+
+/// Encoded frames of consecutive messages `first..=last`, as they go on the wire: `head`, then
+/// `tail` (the payload of the last message when it was too large to copy, else empty).
+#[derive(Debug, Clone)]
+pub struct Segment {
+    head: Bytes,
+    tail: Bytes,
+    first: Seq,
+    last: Seq,
+    weight: u64,
+    payload_len: usize,
+}
+
+impl Segment {
+    fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// The bytes of the segment from `offset` on, as at most two slices.
+    fn slices_from(&self, offset: usize) -> impl Iterator<Item = Bytes> {
+        let head = (offset < self.head.len()).then(|| self.head.slice(offset..));
+        let tail_offset = offset.saturating_sub(self.head.len());
+        let tail = (tail_offset < self.tail.len()).then(|| self.tail.slice(tail_offset..));
+        head.into_iter().chain(tail)
+    }
 }
 
 /// The sending half of a session.
 #[derive(Debug)]
-pub struct TxSession<T> {
+pub struct TxSession {
     id: SessionId,
     acked: Seq,
-    /// Sequence numbers `acked + 1 ..= acked + entries.len()`.
-    entries: VecDeque<TxEntry<T>>,
-    /// `entries[..cursor]` were written to the current connection.
+    seq_next: Seq,
+    /// Sealed frames of messages `acked + 1 ..`, in order; the front may hold acknowledged
+    /// messages too, until its last one is acknowledged.
+    segments: VecDeque<Segment>,
+    /// Frames encoded since the last seal: messages `open_first .. seq_next`.
+    open: BytesMut,
+    open_first: Seq,
+    open_weight: u64,
+    open_payload_len: usize,
+    /// Transmission on the current connection: `segments[cursor]` from byte `cursor_offset` is
+    /// the next to go, and every message up to `seq_sent` went out.
     cursor: usize,
+    cursor_offset: usize,
+    seq_sent: Seq,
+    /// Payload bytes of the messages whose segments are not freed yet.
     payload_len: usize,
-    /// Sequence numbers among `entries` whose content the sender lost (their outbox records
-    /// were damaged), ascending: a LOST frame goes out in their place. Kept apart so that the
-    /// common entry stays small.
-    lost: VecDeque<Seq>,
+    /// Session buffer window: `(s, t)` means every message up to `s` was pushed by `t`; coarse,
+    /// pruned as acknowledgements arrive.
+    pushed_at: VecDeque<(Seq, Instant)>,
+    /// The highest sequence number already reported as older than the window.
+    window_reported: Seq,
 }
 
-impl<T> TxSession<T> {
+impl TxSession {
     /// A new session that has sent nothing; its first message will be sequence 1.
-    pub fn new(id: SessionId) -> TxSession<T> {
+    pub fn new(id: SessionId) -> TxSession {
         TxSession::resuming(id, Seq::ZERO)
     }
 
     /// A session restored from saved state: everything up to `acked` was acknowledged, and
     /// the next message pushed must be `acked + 1`.
-    pub fn resuming(id: SessionId, acked: Seq) -> TxSession<T> {
+    pub fn resuming(id: SessionId, acked: Seq) -> TxSession {
         TxSession {
             id,
             acked,
-            entries: VecDeque::new(),
+            seq_next: acked.next(),
+            segments: VecDeque::new(),
+            open: BytesMut::new(),
+            open_first: acked.next(),
+            open_weight: 0,
+            open_payload_len: 0,
             cursor: 0,
+            cursor_offset: 0,
+            seq_sent: acked,
             payload_len: 0,
-            lost: VecDeque::new(),
+            pushed_at: VecDeque::new(),
+            window_reported: acked,
         }
     }
 
-    /// Appends the message with sequence number `seq`, which must be [`TxSession::seq_next`].
+    /// Encodes message `seq` (which must be [`TxSession::seq_next`]) as a MSG frame, copying
+    /// `payload`. `weight` is the caller's cost of holding it (say, its outbox record space),
+    /// handed back in [`Acked::weight`] once it is released.
     ///
     /// # Panics
     ///
     /// If `seq` is out of order: sequence numbers are assigned by one queue, so a gap here is a
     /// bug that would otherwise corrupt the session.
-    pub fn push(&mut self, seq: Seq, payload: Bytes, token: T) {
-        assert_eq!(
-            seq,
-            self.seq_next(),
-            "tx session {} pushed out of order",
-            self.id
-        );
-        self.payload_len += payload.len();
-        self.entries.push_back(TxEntry { payload, token });
+    pub fn push(&mut self, seq: Seq, payload: &[u8], weight: u64) {
+        self.check_next(seq);
+        let head = frame::msg_head(seq, payload.len());
+        self.reserve(head.len() + payload.len());
+        self.open.extend_from_slice(&head);
+        self.open.extend_from_slice(payload);
+        self.open_weight += weight;
+        self.open_payload_len += payload.len();
+        self.seq_next = seq.next();
     }
 
-    /// Appends message `seq`, whose content the sender lost: it is transmitted as LOST and
-    /// acknowledged like any other. Otherwise as [`TxSession::push`].
-    pub fn push_lost(&mut self, seq: Seq, token: T) {
-        self.push(seq, Bytes::new(), token);
-        self.lost.push_back(seq);
+    /// Like [`TxSession::push`], but keeps `payload` by reference instead of copying it: worth it
+    /// for payloads far larger than a frame header.
+    pub fn push_shared(&mut self, seq: Seq, payload: Bytes, weight: u64) {
+        self.check_next(seq);
+        let head = frame::msg_head(seq, payload.len());
+        self.reserve(head.len());
+        self.open.extend_from_slice(&head);
+        self.open_weight += weight;
+        self.open_payload_len += payload.len();
+        self.seq_next = seq.next();
+        self.seal(payload);
     }
 
-    /// Applies a cumulative ACK, handing every newly acknowledged entry to `on_acked`.
+    /// Encodes message `seq`, whose content the sender lost (its outbox record was damaged), as
+    /// a LOST frame; it is acknowledged like any other. Otherwise as [`TxSession::push`].
+    pub fn push_lost(&mut self, seq: Seq, weight: u64) {
+        self.check_next(seq);
+        let lost = frame::lost_frame(seq);
+        self.reserve(lost.len());
+        self.open.extend_from_slice(&lost);
+        self.open_weight += weight;
+        self.seq_next = seq.next();
+    }
+
+    /// Applies a cumulative ACK.
     ///
     /// # Errors
     ///
     /// An ACK beyond the last message sent on this connection is
     /// [`ProtocolError::AckBeyondSent`]. A stale ACK (at or below the current one) is ignored.
-    pub fn handle_ack(
-        &mut self,
-        seq: Seq,
-        mut on_acked: impl FnMut(Seq, TxEntry<T>),
-    ) -> Result<(), ProtocolError> {
-        let sent = self.acked.0 + self.cursor as u64;
-        if seq.0 > sent {
-            return Err(ProtocolError::AckBeyondSent { acked: seq.0, sent });
+    pub fn handle_ack(&mut self, seq: Seq) -> Result<Acked, ProtocolError> {
+        if seq > self.seq_sent {
+            return Err(ProtocolError::AckBeyondSent {
+                acked: seq.0,
+                sent: self.seq_sent.0,
+            });
         }
-        while self.acked < seq {
-            let entry = self
-                .entries
-                .pop_front()
-                .expect("acked <= sent <= acked + len");
-            self.acked = self.acked.next();
-            self.cursor -= 1;
-            self.payload_len -= entry.payload.len();
-            on_acked(self.acked, entry);
-        }
-        while self.lost.front().is_some_and(|&l| l <= self.acked) {
-            self.lost.pop_front();
-        }
-        Ok(())
+        Ok(self.release_through(seq))
     }
 
     /// Starts a new connection from the resume point the peer sent in HELLO.
@@ -130,43 +198,116 @@ impl<T> TxSession<T> {
         &mut self,
         peer_rx_session: SessionId,
         peer_rx_delivered: Seq,
-        on_acked: impl FnMut(Seq, TxEntry<T>),
-    ) -> Result<(), ProtocolError> {
-        self.cursor = self.entries.len();
-        let result = if peer_rx_session == self.id {
-            self.handle_ack(peer_rx_delivered, on_acked)
-        } else {
-            Ok(())
-        };
+    ) -> Result<Acked, ProtocolError> {
         self.cursor = 0;
-        result
+        self.cursor_offset = 0;
+        let mut acked = Acked {
+            through: self.acked,
+            ..Acked::default()
+        };
+        if peer_rx_session == self.id {
+            let assigned = Seq(self.seq_next.0 - 1);
+            if peer_rx_delivered > assigned {
+                return Err(ProtocolError::AckBeyondSent {
+                    acked: peer_rx_delivered.0,
+                    sent: assigned.0,
+                });
+            }
+            // Everything the peer delivered counts as sent: the ACK check allows it.
+            self.seq_sent = self.seq_sent.max(peer_rx_delivered);
+            acked = self.release_through(peer_rx_delivered);
+        }
+        self.handle_disconnect();
+        Ok(acked)
     }
 
-    /// The next message to write to the connection, advancing the cursor.
-    pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
-        let entry = self.entries.get(self.cursor)?;
-        self.cursor += 1;
-        let seq = Seq(self.acked.0 + self.cursor as u64);
-        Some(
-            if !self.lost.is_empty() && self.lost.binary_search(&seq).is_ok() {
-                Transmit::Lost(seq)
-            } else {
-                Transmit::Msg(seq, &entry.payload)
-            },
-        )
+    /// Appends to `out` the bytes due on the connection, as slices of the held segments (no
+    /// copy), until about `budget` bytes were added (a segment is not split to fit). Returns the
+    /// number of messages they complete.
+    pub fn poll_transmit(&mut self, budget: usize, out: &mut Vec<Bytes>) -> u64 {
+        if !self.open.is_empty() {
+            self.seal(Bytes::new());
+        }
+        let mut added = 0;
+        let mut count = 0;
+        while added < budget
+            && let Some(segment) = self.segments.get(self.cursor)
+        {
+            added += segment.len() - self.cursor_offset;
+            out.extend(segment.slices_from(self.cursor_offset));
+            count += segment.last.0 - self.seq_sent.0;
+            self.seq_sent = segment.last;
+            self.cursor += 1;
+            self.cursor_offset = 0;
+        }
+        count
     }
 
     /// Forgets what was written to the connection that just closed.
     pub fn handle_disconnect(&mut self) {
         self.cursor = 0;
+        self.cursor_offset = 0;
+        self.seq_sent = self.acked;
+        self.skip_acknowledged();
     }
 
-    /// Removes and returns every unacknowledged entry (the engine is shutting down).
-    pub fn drain(&mut self) -> impl Iterator<Item = TxEntry<T>> + '_ {
+    /// Drops every unacknowledged message (the engine is shutting down); returns how many.
+    pub fn clear(&mut self) -> u64 {
+        let count = self.unacked_count();
+        self.segments.clear();
+        self.open.clear();
+        self.open_first = self.seq_next;
+        self.open_weight = 0;
+        self.open_payload_len = 0;
+        self.acked = Seq(self.seq_next.0 - 1);
+        self.seq_sent = self.acked;
         self.cursor = 0;
+        self.cursor_offset = 0;
         self.payload_len = 0;
-        self.lost.clear();
-        self.entries.drain(..)
+        self.pushed_at.clear();
+        count
+    }
+
+    /// Records that every message pushed so far was pushed by `now`, for the session buffer
+    /// window; marks closer than `grain` to the previous one are merged into it.
+    pub fn handle_pushed(&mut self, now: Instant, grain: Duration) {
+        let last = Seq(self.seq_next.0 - 1);
+        if last <= self.acked {
+            return;
+        }
+        match self.pushed_at.back_mut() {
+            Some((seq, at)) if now < *at + grain => *seq = last,
+            Some((seq, _)) if *seq == last => {}
+            _ => self.pushed_at.push_back((last, now)),
+        }
+    }
+
+    /// Unacknowledged messages pushed longer than `window` ago and not reported yet: the first
+    /// one and how many. Each message is reported once.
+    pub fn poll_window_exceeded(&mut self, now: Instant, window: Duration) -> Option<(Seq, u64)> {
+        self.prune_pushed_at();
+        let mut reported = None;
+        while let Some(&(seq, at)) = self.pushed_at.front() {
+            if at + window > now {
+                break;
+            }
+            self.pushed_at.pop_front();
+            let first = self.acked.max(self.window_reported).next();
+            if first <= seq {
+                self.window_reported = seq;
+                let (start, count) = reported.unwrap_or((first, 0));
+                reported = Some((start, count + seq.0 - first.0 + 1));
+            }
+        }
+        reported
+    }
+
+    /// When the oldest unacknowledged, unreported message crosses `window`, if any.
+    pub fn window_deadline(&self, window: Duration) -> Option<Instant> {
+        self.pushed_at
+            .iter()
+            .find(|(seq, _)| *seq > self.acked)
+            .map(|&(_, at)| at + window)
     }
 
     /// The session's id.
@@ -174,41 +315,170 @@ impl<T> TxSession<T> {
         self.id
     }
 
-    /// Visits the token of every unacknowledged message.
-    pub fn for_each_token(&mut self, mut f: impl FnMut(&mut T)) {
-        self.entries.iter_mut().for_each(|e| f(&mut e.token));
-    }
-
     /// The highest acknowledged sequence number.
     pub fn seq_acked(&self) -> Seq {
         self.acked
     }
 
-    /// The lowest sequence number still held (sent in HELLO as `tx_seq_first`).
+    /// The lowest sequence number still held, or the next one when none is (sent in HELLO as
+    /// `tx_seq_first`; never 0).
     pub fn seq_first(&self) -> Seq {
         self.acked.next()
     }
 
     /// The sequence number the next pushed message must carry.
     pub fn seq_next(&self) -> Seq {
-        Seq(self.acked.0 + self.entries.len() as u64 + 1)
+        self.seq_next
     }
 
     /// Whether messages wait to be written to the connection.
     pub fn has_unsent(&self) -> bool {
-        self.cursor < self.entries.len()
+        !self.open.is_empty() || self.cursor < self.segments.len()
     }
 
     /// Number of unacknowledged messages.
-    pub fn unacked_count(&self) -> usize {
-        self.entries.len()
+    pub fn unacked_count(&self) -> u64 {
+        self.seq_next.0 - 1 - self.acked.0
     }
 
-    /// Payload bytes of the unacknowledged messages.
+    /// Payload bytes of the unacknowledged messages (counted until their segment is freed).
     pub fn unacked_payload_len(&self) -> usize {
-        self.payload_len
+        self.payload_len + self.open_payload_len
+    }
+
+    /// Whether the session may take another message under `limits`.
+    pub fn has_room(&self, limits: &FlowLimits) -> bool {
+        self.unacked_count() < limits.unacked_count_max
+            && self.unacked_payload_len() < limits.unacked_bytes_max
+            && self.unsent_len() < limits.unsent_bytes_max
+    }
+
+    /// Encoded bytes not yet handed to the connection.
+    pub fn unsent_len(&self) -> usize {
+        let sealed: usize = self
+            .segments
+            .range(self.cursor.min(self.segments.len())..)
+            .map(Segment::len)
+            .sum();
+        self.open.len() + sealed - self.cursor_offset
+    }
+
+    /// Whether nothing is held: no unacknowledged message and no buffer kept for new ones.
+    pub fn is_idle(&self) -> bool {
+        self.segments.is_empty() && self.open.capacity() == 0
+    }
+
+    fn check_next(&self, seq: Seq) {
+        assert_eq!(
+            seq, self.seq_next,
+            "tx session {} pushed out of order",
+            self.id
+        );
+    }
+
+    /// Makes room for `len` more bytes in the open buffer. Sealed bytes share its allocation,
+    /// so a full buffer is sealed and a new one started rather than grown (growing would copy).
+    fn reserve(&mut self, len: usize) {
+        if self.open.capacity() - self.open.len() >= len {
+            return;
+        }
+        if !self.open.is_empty() {
+            self.seal(Bytes::new());
+        }
+        self.open = BytesMut::with_capacity(len.max(OPEN_LEN));
+    }
+
+    /// Moves the open frames (and `tail`, the last frame's external payload) into a segment.
+    fn seal(&mut self, tail: Bytes) {
+        let head = self.open.split().freeze();
+        let last = Seq(self.seq_next.0 - 1);
+        debug_assert!(self.open_first <= last, "sealing an empty segment");
+        self.payload_len += self.open_payload_len;
+        self.segments.push_back(Segment {
+            head,
+            tail,
+            first: self.open_first,
+            last,
+            weight: self.open_weight,
+            payload_len: self.open_payload_len,
+        });
+        self.open_first = self.seq_next;
+        self.open_weight = 0;
+        self.open_payload_len = 0;
+    }
+
+    /// Acknowledges everything up to `seq` (at most the last assigned) and frees the segments
+    /// it completes.
+    fn release_through(&mut self, seq: Seq) -> Acked {
+        let mut acked = Acked {
+            through: self.acked.max(seq),
+            ..Acked::default()
+        };
+        if seq <= self.acked {
+            return acked;
+        }
+        acked.count = seq.0 - self.acked.0;
+        self.acked = seq;
+        if self.open_first <= seq {
+            // Acknowledged before it was sealed (a resume point can be): seal it now so the
+            // loop below frees it like any other segment.
+            if !self.open.is_empty() {
+                self.seal(Bytes::new());
+            }
+        }
+        while let Some(front) = self.segments.front() {
+            if front.last > seq {
+                break;
+            }
+            let segment = self.segments.pop_front().expect("front exists");
+            acked.weight += segment.weight;
+            self.payload_len -= segment.payload_len;
+            if self.cursor == 0 {
+                self.cursor_offset = 0;
+            } else {
+                self.cursor -= 1;
+            }
+        }
+        if self.segments.is_empty() && self.open.is_empty() {
+            // Idle: give the open buffer back, so an idle peer holds no memory.
+            self.open = BytesMut::new();
+            self.open_first = self.seq_next;
+        }
+        self.prune_pushed_at();
+        acked
+    }
+
+    /// Moves the cursor past acknowledged messages at the front: to the first frame after
+    /// `acked` (a replay need not resend what the peer already has).
+    fn skip_acknowledged(&mut self) {
+        let Some(front) = self.segments.get(self.cursor) else {
+            return;
+        };
+        if front.first > self.acked || self.cursor_offset != 0 {
+            return;
+        }
+        let mut offset = 0;
+        let mut seq = front.first;
+        while seq <= self.acked {
+            offset += frame::encoded_frame_len(&front.head[offset..]);
+            seq = seq.next();
+        }
+        self.cursor_offset = offset;
+    }
+
+    fn prune_pushed_at(&mut self) {
+        while self
+            .pushed_at
+            .front()
+            .is_some_and(|&(seq, _)| seq <= self.acked)
+        {
+            self.pushed_at.pop_front();
+        }
     }
 }
+
+/// Capacity of a fresh open buffer: a few sends' worth, so small messages share allocations.
+const OPEN_LEN: usize = 64 << 10;
 
 /// What [`RxSession::handle_msg`] decided about one MSG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,14 +565,14 @@ impl RxSession {
 
 /// Both halves of a peer pair's sessions: what outlives any one connection.
 #[derive(Debug)]
-pub struct Sessions<T> {
-    pub tx: TxSession<T>,
+pub struct Sessions {
+    pub tx: TxSession,
     pub rx: RxSession,
 }
 
-impl<T> Sessions<T> {
+impl Sessions {
     /// Fresh sessions with the given outbound id.
-    pub fn new(tx_id: SessionId) -> Sessions<T> {
+    pub fn new(tx_id: SessionId) -> Sessions {
         Sessions {
             tx: TxSession::new(tx_id),
             rx: RxSession::new(),
@@ -315,87 +585,209 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::proto::frame::{Decoder, Frame};
 
-    fn tx_with(n: u64) -> TxSession<u64> {
+    fn tx_with(n: u64) -> TxSession {
         let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
         for i in 1..=n {
-            tx.push(Seq(i), Bytes::from(vec![0; i as usize]), i);
+            tx.push(Seq(i), &vec![0; i as usize], i);
         }
         tx
     }
 
+    /// What the transmitted slices carry: (seq, Some(payload len)) per MSG, (seq, None) per
+    /// LOST.
+    fn decode(slices: &[Bytes]) -> Vec<(u64, Option<usize>)> {
+        let mut decoder = Decoder::new(1 << 20);
+        let mut frames = Vec::new();
+        for slice in slices {
+            decoder
+                .decode(slice, |frame| {
+                    frames.push(match frame {
+                        Frame::Msg { seq, payload } => (seq.0, Some(payload.len())),
+                        Frame::Lost { seq } => (seq.0, None),
+                        other => panic!("unexpected {other:?}"),
+                    });
+                    Ok(())
+                })
+                .unwrap();
+        }
+        frames
+    }
+
+    fn transmit(tx: &mut TxSession) -> Vec<(u64, Option<usize>)> {
+        let mut out = Vec::new();
+        tx.poll_transmit(usize::MAX, &mut out);
+        decode(&out)
+    }
+
     #[test]
-    fn ack_releases_in_order_and_rejects_unsent() {
-        let mut tx = tx_with(5);
-        for _ in 0..3 {
-            tx.poll_transmit().unwrap();
+    fn ack_releases_whole_segments_and_rejects_unsent() {
+        let mut tx = tx_with(3);
+        assert_eq!(
+            transmit(&mut tx),
+            [(1, Some(1)), (2, Some(2)), (3, Some(3))]
+        );
+        for i in 4..=5 {
+            tx.push(Seq(i), &vec![0; i as usize], i);
         }
         assert_eq!(
-            tx.handle_ack(Seq(4), |_, _| ()),
+            tx.handle_ack(Seq(4)),
             Err(ProtocolError::AckBeyondSent { acked: 4, sent: 3 })
         );
-        let mut released = Vec::new();
-        tx.handle_ack(Seq(2), |seq, e| released.push((seq.0, e.token)))
-            .unwrap();
-        assert_eq!(released, [(1, 1), (2, 2)]);
-        tx.handle_ack(Seq(1), |_, _| panic!("stale ack releases nothing"))
-            .unwrap();
+        // Seqs 1 and 2 are acknowledged, but their segment holds 3 too: nothing is freed yet.
+        let acked = tx.handle_ack(Seq(2)).unwrap();
+        assert_eq!((acked.through, acked.count, acked.weight), (Seq(2), 2, 0));
         assert_eq!(tx.seq_first(), Seq(3));
-        assert_eq!(tx.unacked_payload_len(), 3 + 4 + 5);
+        assert_eq!(tx.unacked_count(), 3);
+        assert_eq!(tx.handle_ack(Seq(1)).unwrap().count, 0, "a stale ack");
+        assert_eq!(transmit(&mut tx), [(4, Some(4)), (5, Some(5))]);
+        let acked = tx.handle_ack(Seq(5)).unwrap();
+        assert_eq!((acked.count, acked.weight), (3, 1 + 2 + 3 + 4 + 5));
+        assert_eq!(tx.unacked_payload_len(), 0);
+        assert!(tx.is_idle(), "an idle session keeps no buffer");
+    }
+
+    #[test]
+    fn resume_replays_from_the_frame_after_the_peers_watermark() {
+        let mut tx = tx_with(6);
+        transmit(&mut tx);
+        tx.handle_disconnect();
+        tx.resume(tx.id(), Seq(4)).unwrap();
+        assert_eq!(transmit(&mut tx), [(5, Some(5)), (6, Some(6))]);
+        // A peer that lost its state gets everything unacknowledged again.
+        tx.resume(SessionId::NIL, Seq(0)).unwrap();
+        assert_eq!(transmit(&mut tx), [(5, Some(5)), (6, Some(6))]);
+        assert!(tx.resume(tx.id(), Seq(7)).is_err());
+        // A resume point may acknowledge messages that were never sent on any connection.
+        tx.push(Seq(7), b"x", 0);
+        let acked = tx.resume(tx.id(), Seq(7)).unwrap();
+        assert_eq!(acked.count, 3);
+        assert_eq!(transmit(&mut tx), []);
+        assert_eq!(tx.unacked_count(), 0);
+    }
+
+    #[test]
+    fn shared_payloads_are_sent_without_a_copy() {
+        let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
+        let big = Bytes::from(vec![7u8; 100_000]);
+        tx.push(Seq(1), b"a", 0);
+        tx.push_shared(Seq(2), big.clone(), 0);
+        tx.push(Seq(3), b"b", 0);
+        let mut out = Vec::new();
+        assert_eq!(tx.poll_transmit(usize::MAX, &mut out), 3);
+        assert!(
+            out.iter().any(|s| s.as_ptr() == big.as_ptr()),
+            "the payload goes out as the caller's own bytes"
+        );
         assert_eq!(
-            tx.poll_transmit().map(|t| match t {
-                Transmit::Msg(s, _) | Transmit::Lost(s) => s,
-            }),
-            Some(Seq(4))
+            decode(&out),
+            [(1, Some(1)), (2, Some(100_000)), (3, Some(1))]
         );
     }
 
     #[test]
-    fn resume_replays_after_the_peers_watermark() {
-        let mut tx = tx_with(6);
-        while tx.poll_transmit().is_some() {}
-        tx.handle_disconnect();
-        tx.resume(tx.id(), Seq(4), |_, _| ()).unwrap();
+    fn the_budget_bounds_a_transmit_at_segment_granularity() {
+        let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
+        // Each shared payload seals a segment: three segments of one message each.
+        for i in 1..=3 {
+            tx.push_shared(Seq(i), Bytes::from(vec![0; 100]), 0);
+        }
+        let mut out = Vec::new();
         assert_eq!(
-            tx.poll_transmit().map(|t| match t {
-                Transmit::Msg(s, _) | Transmit::Lost(s) => s,
-            }),
-            Some(Seq(5))
+            tx.poll_transmit(1, &mut out),
+            1,
+            "one segment, even over budget"
         );
-        // A peer that lost its state gets everything unacknowledged again.
-        tx.resume(SessionId::NIL, Seq(0), |_, _| ()).unwrap();
-        assert_eq!(
-            tx.poll_transmit().map(|t| match t {
-                Transmit::Msg(s, _) | Transmit::Lost(s) => s,
-            }),
-            Some(Seq(5))
-        );
-        assert!(tx.resume(tx.id(), Seq(7), |_, _| ()).is_err());
+        assert_eq!(decode(&out), [(1, Some(100))]);
+        out.clear();
+        assert_eq!(tx.poll_transmit(usize::MAX, &mut out), 2);
+        assert_eq!(decode(&out), [(2, Some(100)), (3, Some(100))]);
+        assert!(!tx.has_unsent());
     }
 
     #[test]
     fn a_lost_entry_is_transmitted_as_lost() {
-        let mut tx: TxSession<()> = TxSession::resuming(SessionId(Uuid::from_u128(1)), Seq(10));
+        let mut tx = TxSession::resuming(SessionId(Uuid::from_u128(1)), Seq(10));
         assert_eq!(tx.seq_next(), Seq(11));
-        tx.push(Seq(11), Bytes::from_static(b"a"), ());
-        tx.push_lost(Seq(12), ());
-        tx.push(Seq(13), Bytes::from_static(b"b"), ());
-        assert!(matches!(
-            tx.poll_transmit(),
-            Some(Transmit::Msg(Seq(11), _))
-        ));
-        assert_eq!(tx.poll_transmit(), Some(Transmit::Lost(Seq(12))));
-        assert!(matches!(
-            tx.poll_transmit(),
-            Some(Transmit::Msg(Seq(13), _))
-        ));
-        assert_eq!(tx.poll_transmit(), None);
-        // Replayed after a reconnect, still LOST; forgotten once acknowledged.
+        tx.push(Seq(11), b"a", 0);
+        tx.push_lost(Seq(12), 0);
+        tx.push(Seq(13), b"b", 0);
+        assert_eq!(
+            transmit(&mut tx),
+            [(11, Some(1)), (12, None), (13, Some(1))]
+        );
+        // Replayed after a reconnect, still LOST.
         tx.handle_disconnect();
-        tx.resume(tx.id(), Seq(11), |_, _| ()).unwrap();
-        assert_eq!(tx.poll_transmit(), Some(Transmit::Lost(Seq(12))));
-        tx.handle_ack(Seq(12), |_, _| ()).unwrap();
-        assert!(tx.lost.is_empty());
+        tx.resume(tx.id(), Seq(11)).unwrap();
+        assert_eq!(transmit(&mut tx), [(12, None), (13, Some(1))]);
+    }
+
+    #[test]
+    fn flow_limits_count_messages_and_bytes() {
+        let limits = FlowLimits {
+            unacked_count_max: 3,
+            unacked_bytes_max: 10,
+            unsent_bytes_max: usize::MAX,
+        };
+        let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
+        assert!(tx.has_room(&limits));
+        tx.push(Seq(1), &[0; 4], 0);
+        tx.push(Seq(2), &[0; 4], 0);
+        assert!(tx.has_room(&limits));
+        tx.push(Seq(3), &[0; 4], 0);
+        assert!(!tx.has_room(&limits));
+
+        let limits = FlowLimits {
+            unsent_bytes_max: 40,
+            ..FlowLimits {
+                unacked_count_max: 100,
+                unacked_bytes_max: 100,
+                unsent_bytes_max: 0,
+            }
+        };
+        let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
+        tx.push(Seq(1), &[0; 4], 0);
+        assert_eq!(tx.unsent_len(), 20);
+        tx.push(Seq(2), &[0; 4], 0);
+        assert!(!tx.has_room(&limits), "40 encoded bytes wait");
+        tx.poll_transmit(usize::MAX, &mut Vec::new());
+        assert_eq!(tx.unsent_len(), 0);
+        assert!(tx.has_room(&limits), "sending makes room");
+    }
+
+    #[test]
+    fn the_window_reports_each_old_message_once() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(10);
+        let grain = Duration::from_millis(100);
+        let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
+        tx.push(Seq(1), b"a", 0);
+        tx.push(Seq(2), b"b", 0);
+        tx.handle_pushed(t0, grain);
+        tx.push(Seq(3), b"c", 0);
+        tx.handle_pushed(t0 + Duration::from_secs(5), grain);
+        assert_eq!(tx.window_deadline(window), Some(t0 + window));
+        assert_eq!(
+            tx.poll_window_exceeded(t0 + Duration::from_secs(9), window),
+            None
+        );
+        assert_eq!(
+            tx.poll_window_exceeded(t0 + Duration::from_secs(11), window),
+            Some((Seq(1), 2))
+        );
+        assert_eq!(
+            tx.poll_window_exceeded(t0 + Duration::from_secs(12), window),
+            None
+        );
+        // An acknowledged message is never reported.
+        transmit(&mut tx);
+        tx.handle_ack(Seq(3)).unwrap();
+        assert_eq!(
+            tx.poll_window_exceeded(t0 + Duration::from_secs(60), window),
+            None
+        );
+        assert_eq!(tx.window_deadline(window), None);
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl State {
             message,
         };
         conn.link
-            .poll_transmit(&mut conn.out, |out| goaway.encode(out));
+            .poll_transmit(&mut conn.out, |out, _| goaway.encode(out));
         conn.recv.wanted = false;
         self.begin_close(index, Duration::ZERO);
     }
@@ -80,8 +80,8 @@ impl State {
             Phase::Linked { peer, mut proto } => {
                 // Keep what the closing connection still has to say (a GOAWAY, a final ACK).
                 let sessions = &mut self.peers[peer].sessions;
-                conn.link.poll_transmit(&mut conn.out, |out| {
-                    proto.poll_transmit(sessions, now, out, 0);
+                conn.link.poll_transmit(&mut conn.out, |out, data| {
+                    proto.poll_transmit(sessions, now, out, data, 0);
                 });
                 Some(peer)
             }

@@ -11,7 +11,7 @@ use crate::proto::handshake::Accepting;
 
 use super::State;
 use super::link::Link;
-use super::op::{ConnectOp, RecvOp, SendOp};
+use super::op::{ConnectOp, RecvOp, SendBatch, SendOp};
 use super::ring::{self, OpTag};
 use super::slots::{ConnId, PeerIndex};
 
@@ -38,8 +38,8 @@ pub(crate) struct Conn {
     pub send: SendOp,
     /// Carries bytes between the ring and proto (plaintext, or TLS later).
     pub link: Link,
-    /// Frames being built for the next send.
-    pub out: Vec<u8>,
+    /// Frames gathered for the next send.
+    pub out: SendBatch,
     /// Close once everything queued is sent.
     pub closing: bool,
     /// `shutdown(2)` was called.
@@ -60,7 +60,7 @@ impl Conn {
             recv: RecvOp::default(),
             send: SendOp::default(),
             link: Link::default(),
-            out: Vec::new(),
+            out: SendBatch::default(),
             closing: false,
             shut: false,
             dirty: false,

@@ -1,7 +1,7 @@
 //! The shard's side of the durable outbox: restoring a peer's sessions from what recovery
 //! found, the sync policy, and handing acknowledgements to the outbox once per turn.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +13,6 @@ use crate::proto::session::{RxSession, Sessions, TxSession};
 use crate::route::PeerShared;
 
 use super::State;
-use super::peer::Token;
 
 /// The shard's side of the outbox and its watermark table.
 pub(super) struct DurableState {
@@ -31,31 +30,20 @@ pub(super) struct DurableState {
 }
 
 /// Gives a peer's new sessions what the durable state holds: the outbound session continues
-/// after its acknowledged seq with the recovered messages, and the inbound session resumes from
-/// the stored watermark.
+/// after its acknowledged seq, and the inbound session resumes from the stored watermark.
+/// Returns the messages recovered for the peer, which the session takes as the drain allows.
 pub(super) fn restore_sessions(
     durable: &mut DurableState,
     shared: &PeerShared,
-    sessions: &mut Sessions<Token>,
+    sessions: &mut Sessions,
     rx_slot: &mut Option<(usize, SessionId)>,
-    taken_at: &mut VecDeque<(Seq, Instant)>,
-    now: Instant,
-) {
+) -> std::vec::IntoIter<RecoveredMessage> {
+    let mut recovered = Vec::new();
     if let Some(d) = &shared.durable
         && let Ok(slot) = d.slot
     {
         sessions.tx = TxSession::resuming(shared.tx_session, d.acked_at_start);
-        for message in durable.recovered.remove(&slot).unwrap_or_default() {
-            let token = Token { confirm: None };
-            match message.payload {
-                Some(payload) => sessions.tx.push(message.seq, payload, token),
-                None => sessions.tx.push_lost(message.seq, token),
-            }
-        }
-    }
-    let recovered = Seq(sessions.tx.seq_next().0 - 1);
-    if recovered > sessions.tx.seq_acked() {
-        taken_at.push_back((recovered, now));
+        recovered = durable.recovered.remove(&slot).unwrap_or_default();
     }
     match durable.received.find_or_claim(shared.node_id.as_str()) {
         Ok(slot) => {
@@ -69,6 +57,7 @@ pub(super) fn restore_sessions(
             tracing::error!(peer = %shared.node_id, error = %e, "no watermark slot: deduplication of this peer will not survive a restart");
         }
     }
+    recovered.into_iter()
 }
 
 impl State {
@@ -105,11 +94,9 @@ impl State {
             // Nothing written since the last good sync may be confirmed: fail every pending
             // confirmation (the messages are still sent; only the promise is withdrawn).
             for (_, ps) in self.peers.iter_mut() {
-                ps.sessions.tx.for_each_token(|token: &mut Token| {
-                    if let Some(confirm) = token.confirm.take() {
-                        confirm.fail_sync();
-                    }
-                });
+                for (_, confirm) in ps.confirms.drain(..) {
+                    confirm.fail_sync();
+                }
             }
         }
     }

@@ -1,17 +1,19 @@
 //! Protocol events into the handler, the counters and the outbox.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
 use crate::metrics::Counters;
-use crate::outbox::record;
 use crate::outbox::watermarks::Entry;
 use crate::proto::connection::Events;
 use crate::proto::frame::{Seq, SessionId};
 use crate::proto::id::MessageId;
-use crate::proto::session::TxEntry;
+use crate::proto::session::Acked;
+use crate::route::confirm::ConfirmSlot;
 use crate::route::handler::Handler;
 use crate::route::peer::Peer;
 
 use super::durable::DurableState;
-use super::peer::Token;
 
 /// Feeds protocol events to the handler, the counters and the outbox.
 pub(super) struct ShardEvents<'a> {
@@ -20,6 +22,7 @@ pub(super) struct ShardEvents<'a> {
     counters: &'a mut Counters,
     durable: Option<&'a mut DurableState>,
     rx_slot: &'a mut Option<(usize, SessionId)>,
+    confirms: &'a mut VecDeque<(Seq, Arc<ConfirmSlot>)>,
     /// The highest seq acknowledged during this call, if any, and the outbox record space of
     /// the messages it acknowledged.
     acked: Option<Seq>,
@@ -31,6 +34,7 @@ impl<'a> ShardEvents<'a> {
         handler: &'a dyn Handler,
         peer: &'a Peer,
         rx_slot: &'a mut Option<(usize, SessionId)>,
+        confirms: &'a mut VecDeque<(Seq, Arc<ConfirmSlot>)>,
         counters: &'a mut Counters,
         durable: Option<&'a mut DurableState>,
     ) -> ShardEvents<'a> {
@@ -40,6 +44,7 @@ impl<'a> ShardEvents<'a> {
             counters,
             durable,
             rx_slot,
+            confirms,
             acked: None,
             acked_bytes: 0,
         }
@@ -81,7 +86,7 @@ impl<'a> ShardEvents<'a> {
     }
 }
 
-impl Events<Token> for ShardEvents<'_> {
+impl Events for ShardEvents<'_> {
     fn on_message(&mut self, session: SessionId, seq: Seq, payload: &[u8]) {
         self.counters.msgs_received += 1;
         self.counters.bytes_received += payload.len() as u64;
@@ -109,14 +114,15 @@ impl Events<Token> for ShardEvents<'_> {
         self.store_delivered(session, seq);
     }
 
-    fn on_acked(&mut self, seq: Seq, entry: TxEntry<Token>) {
-        self.counters.msgs_acked += 1;
-        self.acked = Some(seq);
-        if let Some(confirm) = entry.token.confirm {
+    fn on_acked(&mut self, acked: Acked) {
+        self.counters.msgs_acked += acked.count;
+        self.acked = Some(acked.through);
+        self.acked_bytes += acked.weight;
+        while let Some((seq, _)) = self.confirms.front()
+            && *seq <= acked.through
+        {
+            let (_, confirm) = self.confirms.pop_front().expect("front exists");
             confirm.complete();
-        }
-        if self.durable.is_some() {
-            self.acked_bytes += record::space(entry.payload.len()) as u64;
         }
     }
 }

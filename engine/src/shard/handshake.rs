@@ -102,6 +102,7 @@ impl State {
             &*self.handler,
             &ps.handle,
             &mut ps.rx_slot,
+            &mut ps.confirms,
             &mut self.counters,
             self.durable.as_mut(),
         );

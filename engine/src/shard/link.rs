@@ -6,9 +6,13 @@
 //! ```
 //!
 //! Only plaintext exists today: bytes pass through untouched and proto encodes straight into
-//! the send buffer, at no cost. The TLS adapter (`security/`, the next issue) becomes a second
+//! the send batch, at no cost (message frames go out as slices of the session's buffers). The TLS adapter (`security/`, the next issue) becomes a second
 //! variant that decrypts what was received and encrypts what proto wrote, so the shard never
 //! knows whether a connection is encrypted.
+
+use bytes::Bytes;
+
+use super::op::SendBatch;
 
 /// How a connection's bytes are carried.
 #[derive(Debug, Default)]
@@ -30,14 +34,15 @@ impl Link {
         }
     }
 
-    /// Lets `proto_output` write its frames, leaving in `wire` what goes to the socket.
+    /// Lets `proto_output` write its frames (control frames into a buffer, held message frames
+    /// as shared slices), leaving in `wire` what goes to the socket.
     pub(super) fn poll_transmit<R>(
         &mut self,
-        wire: &mut Vec<u8>,
-        proto_output: impl FnOnce(&mut Vec<u8>) -> R,
+        wire: &mut SendBatch,
+        proto_output: impl FnOnce(&mut Vec<u8>, &mut Vec<Bytes>) -> R,
     ) -> R {
         match self {
-            Link::Plain => proto_output(wire),
+            Link::Plain => proto_output(&mut wire.control, &mut wire.data),
         }
     }
 }

@@ -13,6 +13,7 @@
 
 use std::os::fd::RawFd;
 
+use bytes::Bytes;
 use io_uring::{opcode, squeue, types};
 
 use crate::sys::socket::RawAddr;
@@ -90,43 +91,107 @@ impl RecvOp {
     }
 }
 
-/// A connection's send: the bytes of one send in flight, `buf[sent..]` still to go.
+/// The bytes of one send, in wire order: control frames, then slices of the session's held
+/// frames (sent from where they are, without a copy).
 #[derive(Debug, Default)]
+pub(super) struct SendBatch {
+    pub(super) control: Vec<u8>,
+    pub(super) data: Vec<Bytes>,
+}
+
+impl SendBatch {
+    pub(super) fn len(&self) -> usize {
+        self.control.len() + self.data.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.data.iter().all(Bytes::is_empty)
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.control.clear();
+        self.data.clear();
+    }
+}
+
+/// A connection's send: one `sendmsg` over the pieces of a [`SendBatch`], resubmitted from
+/// where it stopped until every byte went out.
+#[derive(Debug)]
 pub(super) struct SendOp {
     pub(super) state: OpState,
-    buf: Vec<u8>,
+    batch: SendBatch,
+    len: usize,
     sent: usize,
+    /// What the kernel reads while the op is in flight: the message header (boxed, so it does
+    /// not move) and the iovecs it points to, which point into `batch`.
+    msg: Box<libc::msghdr>,
+    iov: Vec<libc::iovec>,
+}
+
+impl Default for SendOp {
+    fn default() -> SendOp {
+        SendOp {
+            state: OpState::Idle,
+            batch: SendBatch::default(),
+            len: 0,
+            sent: 0,
+            // SAFETY: msghdr is plain data for which all zeroes is a valid (empty) value.
+            msg: Box::new(unsafe { std::mem::zeroed() }),
+            iov: Vec::new(),
+        }
+    }
 }
 
 impl SendOp {
     /// Whether every byte handed to this op was sent.
     pub(super) fn is_drained(&self) -> bool {
-        self.sent >= self.buf.len()
+        self.sent >= self.len
     }
 
-    /// Replaces the drained buffer with `next` (which is left empty, with the old buffer's
-    /// capacity), so the two buffers alternate without allocating.
+    /// Takes `next` as the bytes to send (leaving it empty, with the old buffers' capacity),
+    /// so the two batches alternate without allocating.
     ///
     /// # Panics
     ///
-    /// If the op is in flight or not drained: the kernel may be reading the buffer.
-    pub(super) fn refill(&mut self, next: &mut Vec<u8>) {
+    /// If the op is in flight or not drained: the kernel may be reading the batch.
+    pub(super) fn refill(&mut self, next: &mut SendBatch) {
         assert!(
             self.state == OpState::Idle && self.is_drained(),
             "send buffer replaced while in use"
         );
-        self.buf.clear();
+        self.batch.clear();
+        std::mem::swap(&mut self.batch, next);
+        self.len = self.batch.len();
         self.sent = 0;
-        std::mem::swap(&mut self.buf, next);
     }
 
-    /// The SQE for the unsent rest, and marks it in flight. `buf` is neither moved nor written
-    /// until [`SendOp::complete`].
+    /// The SQE for the unsent rest, and marks it in flight. The batch, the iovecs and the
+    /// message header are neither moved nor written until [`SendOp::complete`].
     pub(super) fn submit(&mut self, fd: RawFd) -> squeue::Entry {
         self.state.submit();
-        let pending = &self.buf[self.sent..];
-        opcode::Send::new(types::Fd(fd), pending.as_ptr(), pending.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
+        self.iov.clear();
+        let mut skip = self.sent;
+        let pieces =
+            std::iter::once(&self.batch.control[..]).chain(self.batch.data.iter().map(|b| &b[..]));
+        for piece in pieces {
+            if skip >= piece.len() {
+                skip -= piece.len();
+                continue;
+            }
+            let rest = &piece[skip..];
+            skip = 0;
+            self.iov.push(libc::iovec {
+                iov_base: rest.as_ptr().cast_mut().cast(),
+                iov_len: rest.len(),
+            });
+            if self.iov.len() == IOV_MAX {
+                break;
+            }
+        }
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len() as _;
+        opcode::SendMsg::new(types::Fd(fd), &raw const *self.msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
             .build()
     }
 
@@ -135,14 +200,23 @@ impl SendOp {
         self.state.complete(false);
         if res >= 0 {
             self.sent += res as usize;
+            if self.is_drained() {
+                // Release the held frames now rather than at the next refill.
+                self.batch.data.clear();
+            }
             Ok(res as usize)
         } else {
-            self.buf.clear();
+            self.batch.clear();
+            self.len = 0;
             self.sent = 0;
             Err(-res)
         }
     }
 }
+
+/// At most this many iovecs per `sendmsg` (the kernel's `UIO_MAXIOV`); the rest goes in the
+/// next one.
+const IOV_MAX: usize = 1024;
 
 /// A dial's connect: the address the kernel reads until the connect completes.
 #[derive(Debug, Default)]
@@ -239,38 +313,51 @@ mod tests {
         assert!(!state.cancel(), "nothing to cancel when idle");
     }
 
+    fn batch(control: &[u8], data: &[&'static [u8]]) -> SendBatch {
+        SendBatch {
+            control: control.to_vec(),
+            data: data.iter().map(|d| Bytes::from_static(d)).collect(),
+        }
+    }
+
     #[test]
-    fn send_buffers_alternate_and_keep_the_unsent_rest() {
+    fn a_partial_send_resumes_inside_the_right_piece() {
         let mut op = SendOp::default();
-        let mut out = b"hello world".to_vec();
-        op.refill(&mut out);
-        assert!(out.is_empty());
+        let mut next = batch(b"ctl", &[b"hello", b"world"]);
+        op.refill(&mut next);
+        assert!(next.is_empty());
         let _ = op.submit(0);
+        assert_eq!(op.iov.len(), 3);
         assert_eq!(op.complete(5), Ok(5));
         assert!(!op.is_drained());
         let _ = op.submit(0);
-        assert_eq!(op.complete(6), Ok(6));
+        // Two bytes into "hello", then "world".
+        assert_eq!(op.iov.len(), 2);
+        assert_eq!(op.iov[0].iov_len, 3);
+        // SAFETY: the iovec points into the batch's live "hello" bytes.
+        let first = unsafe { std::slice::from_raw_parts(op.iov[0].iov_base.cast::<u8>(), 3) };
+        assert_eq!(first, b"llo");
+        assert_eq!(op.complete(8), Ok(8));
         assert!(op.is_drained());
-        out.extend_from_slice(b"next");
-        op.refill(&mut out);
-        assert!(out.capacity() >= 11, "the old buffer comes back for reuse");
+        op.refill(&mut next);
+        assert!(op.is_drained(), "an empty batch is drained at once");
     }
 
     #[test]
     #[should_panic(expected = "send buffer replaced while in use")]
     fn a_send_buffer_is_never_replaced_in_flight() {
         let mut op = SendOp::default();
-        let mut out = b"x".to_vec();
-        op.refill(&mut out);
+        let mut next = batch(b"x", &[]);
+        op.refill(&mut next);
         let _ = op.submit(0);
-        op.refill(&mut out);
+        op.refill(&mut next);
     }
 
     #[test]
     fn a_failed_send_drops_the_rest() {
         let mut op = SendOp::default();
-        let mut out = b"abc".to_vec();
-        op.refill(&mut out);
+        let mut next = batch(b"abc", &[b"def"]);
+        op.refill(&mut next);
         let _ = op.submit(0);
         assert_eq!(op.complete(-libc::EPIPE), Err(libc::EPIPE));
         assert!(op.is_drained());

@@ -7,11 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::net::dial::DialPlan;
+use crate::outbox::record;
+use crate::outbox::store::RecoveredMessage;
 use crate::proto::frame::{Seq, SessionId};
-use crate::proto::session::Sessions;
+use crate::proto::session::{FlowLimits, Sessions};
 use crate::route::PeerShared;
 use crate::route::confirm::ConfirmSlot;
 use crate::route::peer::Peer;
+use crate::route::queue::Outgoing;
 
 use super::State;
 use super::conn::Phase;
@@ -20,16 +23,10 @@ use super::slots::{ConnId, PeerIndex};
 use super::window::window_grain;
 use super::{COMMAND_BUDGET, DRAIN_BUDGET};
 
-/// What a session keeps with each unacknowledged message: its confirmation, if any.
-#[derive(Debug)]
-pub(super) struct Token {
-    pub(super) confirm: Option<Arc<ConfirmSlot>>,
-}
-
 pub(super) struct PeerState {
     pub(super) shared: Arc<PeerShared>,
     pub(super) handle: Peer,
-    pub(super) sessions: Sessions<Token>,
+    pub(super) sessions: Sessions,
     /// The peer's slot in the watermark table and the session stored in it.
     pub(super) rx_slot: Option<(usize, SessionId)>,
     /// The connection serving this peer (dialing, handshaking or established).
@@ -37,11 +34,20 @@ pub(super) struct PeerState {
     pub(super) established: bool,
     pub(super) dial: Option<DialPlan>,
     pub(super) redial_at: Option<Instant>,
-    /// Session buffer window bookkeeping: (s, t) means every seq up to `s` was taken from the
-    /// queue by `t`. Coarse (see `window_grain`), pruned as ACKs arrive.
-    pub(super) taken_at: VecDeque<(Seq, Instant)>,
-    /// Highest seq already reported as older than the window.
-    pub(super) window_reported: Seq,
+    /// Confirmations of unacknowledged messages, in sequence order: the only per-message state,
+    /// and only for messages published with `publish_confirmed`.
+    pub(super) confirms: VecDeque<(Seq, Arc<ConfirmSlot>)>,
+    /// Messages the outbox recovered at start and the session has not taken yet. They precede
+    /// everything in the queue and are taken first, under the same flow limits, so a large
+    /// backlog is not copied into memory all at once.
+    pub(super) recovered: std::vec::IntoIter<RecoveredMessage>,
+}
+
+impl PeerState {
+    /// Whether messages wait to be taken into the session.
+    pub(super) fn has_queued(&self) -> bool {
+        self.recovered.len() > 0 || !self.shared.queue.is_empty()
+    }
 }
 
 impl State {
@@ -52,20 +58,9 @@ impl State {
         debug_assert_eq!(shared.shard, self.id);
         let mut sessions = Sessions::new(shared.tx_session);
         let mut rx_slot = None;
-        let mut taken_at = VecDeque::new();
+        let mut recovered = Vec::new().into_iter();
         if let Some(durable) = &mut self.durable {
-            let now = self.now;
-            restore_sessions(
-                durable,
-                shared,
-                &mut sessions,
-                &mut rx_slot,
-                &mut taken_at,
-                now,
-            );
-        }
-        if let Some(&(_, taken)) = taken_at.front() {
-            self.arm_window(taken);
+            recovered = restore_sessions(durable, shared, &mut sessions, &mut rx_slot);
         }
         let index = self.peers.insert(PeerState {
             handle: Peer {
@@ -79,10 +74,13 @@ impl State {
             established: false,
             dial: None,
             redial_at: None,
-            taken_at,
-            window_reported: Seq::ZERO,
+            confirms: VecDeque::new(),
+            recovered,
         });
         self.peer_by_key.insert(shared.key, index);
+        if self.peers[index].has_queued() {
+            self.drain_again.push(index);
+        }
         index
     }
 
@@ -108,37 +106,66 @@ impl State {
             return;
         };
         let tx = &mut ps.sessions.tx;
+        let limits = FlowLimits {
+            unacked_count_max: self.config.unacked_count_max as u64,
+            unacked_bytes_max: self.config.unacked_bytes_max,
+            // Encoding far ahead only helps while there is a connection to send on; while the
+            // peer is away the session takes up to its unacknowledged limits, as it would
+            // have sent them.
+            unsent_bytes_max: if ps.established {
+                UNSENT_SENDS * self.config.send_batch_bytes_max
+            } else {
+                usize::MAX
+            },
+        };
+        // With an outbox, a message's weight is its record's space, released to the outbox
+        // when the peer acknowledges it.
+        let durable = self.durable.is_some();
+        let weight = |len: usize| {
+            if durable {
+                record::space(len) as u64
+            } else {
+                0
+            }
+        };
+        let mut count = 0;
+        while count < DRAIN_BUDGET && tx.has_room(&limits) {
+            let Some(message) = ps.recovered.next() else {
+                break;
+            };
+            match message.payload {
+                Some(payload) => tx.push(message.seq, &payload, weight(payload.len())),
+                None => tx.push_lost(message.seq, weight(0)),
+            }
+            count += 1;
+        }
         // After a failed sync nothing written since the last good one may be confirmed, and a
         // record still in the queue may have been written after the failed sync's snapshot.
         let sync_failed = self.durable.as_ref().is_some_and(|d| d.outbox.has_failed());
-        let mut count = 0;
-        while count < DRAIN_BUDGET
-            && tx.unacked_count() < self.config.unacked_count_max
-            && tx.unacked_payload_len() < self.config.unacked_bytes_max
-        {
-            let Some((position, mut outgoing)) = ps.shared.queue.pop() else {
+        while count < DRAIN_BUDGET && tx.has_room(&limits) {
+            let Some((position, outgoing)) = ps.shared.queue.pop() else {
                 break;
             };
-            if sync_failed && let Some(confirm) = outgoing.confirm.take() {
-                confirm.fail_sync();
+            let seq = Seq(position + 1);
+            let Outgoing { payload, confirm } = outgoing;
+            let weight = weight(payload.len());
+            if payload.len() >= SHARED_PAYLOAD_LEN_MIN {
+                tx.push_shared(seq, payload, weight);
+            } else {
+                tx.push(seq, &payload, weight);
             }
-            let token = Token {
-                confirm: outgoing.confirm,
-            };
-            tx.push(Seq(position + 1), outgoing.payload, token);
+            if let Some(confirm) = confirm {
+                if sync_failed {
+                    confirm.fail_sync();
+                } else {
+                    ps.confirms.push_back((seq, confirm));
+                }
+            }
             count += 1;
         }
         if count > 0 {
-            let seq = Seq(tx.seq_next().0 - 1);
-            let now = self.now;
-            let fresh = ps
-                .taken_at
-                .back()
-                .is_none_or(|&(_, t)| now >= t + window_grain(self.config.session_buffer_window));
-            match ps.taken_at.back_mut() {
-                Some(last) if !fresh => last.0 = seq,
-                _ => ps.taken_at.push_back((seq, now)),
-            }
+            let grain = window_grain(self.config.session_buffer_window);
+            tx.handle_pushed(self.now, grain);
         }
         let conn = ps.conn.filter(|_| ps.established);
         if count == DRAIN_BUDGET {
@@ -187,3 +214,11 @@ impl State {
         self.drain_again.push(peer);
     }
 }
+
+/// How many sends' worth of messages a session encodes ahead of the connection; the rest wait
+/// in the publish queue until a send completes.
+const UNSENT_SENDS: usize = 2;
+
+/// Payloads at least this long are sent from the publisher's own `Bytes` instead of being copied
+/// into the session's buffer: below it, the copy costs less than the extra iovec and segment.
+const SHARED_PAYLOAD_LEN_MIN: usize = 16 << 10;

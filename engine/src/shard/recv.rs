@@ -44,6 +44,7 @@ impl State {
                     &*self.handler,
                     &ps.handle,
                     &mut ps.rx_slot,
+                    &mut ps.confirms,
                     &mut self.counters,
                     self.durable.as_mut(),
                 );
@@ -78,7 +79,7 @@ impl State {
                     Some(_) => Some(Duration::ZERO),
                     None => None,
                 };
-                if !ps.shared.queue.is_empty() {
+                if ps.has_queued() {
                     self.drain_again.push(peer);
                 }
                 if !was_established && established {

@@ -77,12 +77,17 @@ impl Shard {
         }
         if conn.send.is_drained() {
             if let Phase::Linked { peer, proto } = &mut conn.phase {
-                let sessions = &mut st.peers[*peer].sessions;
+                let ps = &mut st.peers[*peer];
+                let sessions = &mut ps.sessions;
                 let budget = st.config.send_batch_bytes_max;
-                let sent = conn.link.poll_transmit(&mut conn.out, |out| {
-                    proto.poll_transmit(sessions, now, out, budget)
+                let sent = conn.link.poll_transmit(&mut conn.out, |out, data| {
+                    proto.poll_transmit(sessions, now, out, data, budget)
                 });
-                st.counters.msgs_sent += sent as u64;
+                st.counters.msgs_sent += sent;
+                if sent > 0 && ps.has_queued() {
+                    // Sending made room for messages the session left in the queue.
+                    st.drain_again.push(*peer);
+                }
             }
             conn.send.refill(&mut conn.out);
         }

@@ -38,7 +38,7 @@ impl State {
         let drained = self
             .peers
             .iter()
-            .all(|(_, p)| p.sessions.tx.unacked_count() == 0 && p.shared.queue.is_empty());
+            .all(|(_, p)| p.sessions.tx.unacked_count() == 0 && !p.has_queued());
         if !drained && sd.drain_until.is_some_and(|until| now < until) {
             return false;
         }
@@ -56,10 +56,10 @@ impl State {
         }
         for (_, ps) in self.peers.iter_mut() {
             ps.dial = None;
-            for entry in ps.sessions.tx.drain() {
-                if let Some(confirm) = entry.token.confirm {
-                    confirm.fail();
-                }
+            ps.sessions.tx.clear();
+            ps.recovered = Vec::new().into_iter();
+            for (_, confirm) in ps.confirms.drain(..) {
+                confirm.fail();
             }
             while let Some((_, outgoing)) = ps.shared.queue.pop() {
                 if let Some(confirm) = outgoing.confirm {

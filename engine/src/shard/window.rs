@@ -32,36 +32,25 @@ impl State {
         let now = self.now;
         let mut next: Option<Instant> = None;
         for (_, ps) in self.peers.iter_mut() {
-            let acked = ps.sessions.tx.seq_acked();
-            while let Some(&(seq, taken)) = ps.taken_at.front() {
-                if seq <= acked {
-                    ps.taken_at.pop_front();
-                    continue;
-                }
-                if taken + window > now {
-                    next = Some(next.map_or(taken, |n| n.min(taken)));
-                    break;
-                }
-                ps.taken_at.pop_front();
-                let first = acked.max(ps.window_reported).next();
-                if first <= seq {
-                    let count = seq.0 - first.0 + 1;
-                    ps.window_reported = seq;
-                    self.counters.msgs_window_exceeded += count;
-                    tracing::warn!(peer = %ps.shared.node_id, first = first.0, count, ?window, "messages unacknowledged for longer than the session buffer window");
-                    self.handler.on_window_exceeded(
-                        &ps.handle,
-                        MessageId {
-                            session: ps.sessions.tx.id(),
-                            seq: first.0,
-                        },
-                        count,
-                    );
-                }
+            let tx = &mut ps.sessions.tx;
+            if let Some((first, count)) = tx.poll_window_exceeded(now, window) {
+                self.counters.msgs_window_exceeded += count;
+                tracing::warn!(peer = %ps.shared.node_id, first = first.0, count, ?window, "messages unacknowledged for longer than the session buffer window");
+                self.handler.on_window_exceeded(
+                    &ps.handle,
+                    MessageId {
+                        session: tx.id(),
+                        seq: first.0,
+                    },
+                    count,
+                );
+            }
+            if let Some(at) = tx.window_deadline(window) {
+                next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
-        if let Some(taken) = next {
-            self.arm_window(taken);
+        if let Some(at) = next {
+            self.arm_window(at - window);
         }
     }
 }
