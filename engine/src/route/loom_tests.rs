@@ -8,11 +8,12 @@
 //! ```
 //!
 //! Each model explores every interleaving, and every value a load may return under the C11
-//! memory model, up to [`PREEMPTION_BOUND`] preemptions (`LOOM_MAX_PREEMPTIONS` overrides it).
-//! loom treats a SeqCst load or store as AcqRel and models only `fence(SeqCst)` exactly, so a
-//! store-then-load handshake between two threads passes here only if it is carried by a
-//! fence: that is why the code under test has its fences, and is why these models prove the
-//! orderings it uses rather than stronger ones.
+//! memory model, exhaustively or up to a bound on preemptions chosen so that the whole set runs
+//! in well under a minute on two cores (`LOOM_MAX_PREEMPTIONS` overrides the bounds; each model
+//! also passes with 5). loom treats a SeqCst load or store as AcqRel and models only
+//! `fence(SeqCst)` exactly, so a store-then-load handshake between two threads passes here only
+//! if it is carried by a fence: that is why the code under test has its fences, and is why these
+//! models prove the orderings it uses rather than stronger ones.
 //!
 //! The shard side is written out here as the shard runs it (`shard/peer.rs` `drain_peers` and
 //! `drain_peer`, `shard/mod.rs` `wait`); keep the two in step. After the model's threads end,
@@ -39,7 +40,7 @@ use crate::sync::{AtomicBool, Ordering};
 /// messages for two slots, so a push may find the queue full.
 #[test]
 fn loom_queue_two_producers_one_consumer() {
-    check(|| {
+    check(Some(3), || {
         let queue = Arc::new(PeerQueue::new(2));
         let producers: Vec<_> = [vec![0, 1], vec![2]]
             .into_iter()
@@ -66,7 +67,7 @@ fn loom_queue_two_producers_one_consumer() {
 /// and pushes without a CAS, while the consumer pops.
 #[test]
 fn loom_queue_exclusive_producers_one_consumer() {
-    check(|| {
+    check(Some(4), || {
         let queue = Arc::new(PeerQueue::new(2));
         let lock = Arc::new(Mutex::new(()));
         let producers: Vec<_> = [vec![0, 1], vec![2]]
@@ -104,19 +105,19 @@ fn loom_queue_exclusive_producers_one_consumer() {
 /// second publish races with the drain of the first.
 #[test]
 fn loom_notify_one_publisher_two_messages() {
-    check(|| notify_model(&[&[0, 1]]));
+    check(None, || notify_model(&[&[0, 1]]));
 }
 
 /// Two publishers race to be the one that puts the peer on the ready list and wakes the shard.
 #[test]
 fn loom_notify_two_publishers() {
-    check(|| notify_model(&[&[0], &[1]]));
+    check(Some(4), || notify_model(&[&[0], &[1]]));
 }
 
 /// A control command sent while the shard parks: the shard runs it or is woken.
 #[test]
 fn loom_command_wakes_parking_shard() {
-    check(|| {
+    check(None, || {
         let mailbox = Arc::new(Mailbox::new().expect("the model's eventfd cannot fail"));
         let sender = {
             let mailbox = Arc::clone(&mailbox);
@@ -290,10 +291,12 @@ fn check_queue(
     );
 }
 
-fn check(f: impl Fn() + Sync + Send + 'static) {
+/// Runs the model `f` with at most `preemption_bound` preemptions per execution (`None`: no
+/// bound), unless `LOOM_MAX_PREEMPTIONS` says otherwise.
+fn check(preemption_bound: Option<usize>, f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(PREEMPTION_BOUND);
+        builder.preemption_bound = preemption_bound;
     }
     builder.check(f);
 }
@@ -326,7 +329,3 @@ static TAGS: [u8; 4] = [0, 1, 2, 3];
 
 /// Turns (drain, then try to park) the shard thread runs within a model.
 const SHARD_TURNS: usize = 2;
-
-/// Enough to reach every reordering the handshakes here can show; `LOOM_MAX_PREEMPTIONS` can
-/// raise it.
-const PREEMPTION_BOUND: usize = 3;

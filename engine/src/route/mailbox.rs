@@ -61,20 +61,28 @@ impl Mailbox {
         // A store-load handshake with `park`: the caller pushed to `ready` or `commands` and
         // now loads `parked`; `park` stores `parked` and then loads the queues' lengths. With a
         // SeqCst fence between the store and the load on each side, either `park` sees the
-        // push, or this load sees `parked` and writes the eventfd.
+        // push, or this load sees `parked` and writes the eventfd. The flag's accesses need no
+        // ordering of their own: the CAS only elects the one waker, and the shard it wakes
+        // sees the push because the kernel orders the eventfd's write before the read it
+        // completes. A CAS, not a swap: a losing waker must not store `false` (see `notify`).
         fence(Ordering::SeqCst);
-        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+        if self.parked.load(Ordering::Relaxed)
+            && self
+                .parked
+                .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             self.eventfd.signal();
         }
     }
 
     /// Called by the shard before it sleeps. Returns `false` (and stays awake) if work arrived.
     pub(crate) fn park(&self) -> bool {
-        self.parked.store(true, Ordering::SeqCst);
+        self.parked.store(true, Ordering::Relaxed);
         // The shard's half of the handshake in `wake`.
         fence(Ordering::SeqCst);
         if !self.commands.is_empty() || !self.ready.is_empty() {
-            self.parked.store(false, Ordering::SeqCst);
+            self.parked.store(false, Ordering::Relaxed);
             return false;
         }
         true
@@ -82,7 +90,7 @@ impl Mailbox {
 
     /// Called by the shard when it wakes.
     pub(crate) fn unpark(&self) {
-        self.parked.store(false, Ordering::SeqCst);
+        self.parked.store(false, Ordering::Relaxed);
     }
 
     pub(crate) fn eventfd(&self) -> i32 {

@@ -213,8 +213,21 @@ impl PeerShared {
         // a SeqCst fence on each side guarantees: this one, and the one `pop` runs before it
         // reports the queue empty. The two fences are ordered one way or the other, so either
         // the shard's pop sees this message, or this load sees `false` and schedules the peer.
+        //
+        // It is the one fence a publish pays for; with it, the flag's own accesses need no
+        // ordering. The CAS is Acquire only so that the shard's removal of the peer from the
+        // ready list (before its Release store of `false`) happens before this push: the peer
+        // is on the list at most once. The load first keeps the line shared under load, when
+        // `notified` stays true. A CAS rather than a swap: a losing swap stores `true` again
+        // for nothing, and loom orders such a store wrongly against the shard's `false`
+        // (tokio-rs/loom#254), reporting a lost wake-up that the memory model rules out.
         fence(Ordering::SeqCst);
-        if !self.notified.load(Ordering::SeqCst) && !self.notified.swap(true, Ordering::SeqCst) {
+        if !self.notified.load(Ordering::Relaxed)
+            && self
+                .notified
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
             self.mailbox.ready.push(Arc::clone(self));
             self.mailbox.wake();
         }

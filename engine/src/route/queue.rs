@@ -26,6 +26,17 @@ pub struct Outgoing {
 /// Each slot carries a stamp: `position` when free for the producer of that position,
 /// `position + 1` once written, `position + capacity` once consumed (free for the next lap).
 ///
+/// # Memory ordering
+///
+/// The stamps carry the values: a producer's Release store of `position + 1` publishes its
+/// write of the value to the consumer's Acquire load, and the consumer's Release store of
+/// `position + capacity` publishes its read of the old value to the next lap's producer, whose
+/// Acquire load of the stamp comes before its write. The tail CAS only elects the producer of
+/// a position, so it is Relaxed; `head` is stored with Release so that a producer that sees it
+/// move (Acquire) also sees the stamp the consumer freed before it. No access is SeqCst: the
+/// one SeqCst fence, on the empty path of [`PeerQueue::pop`], belongs to the handshake in
+/// `PeerShared::notify`. `route/loom_tests.rs` models all of this.
+///
 /// `pub` (not `pub(crate)`) only so that the `internals` feature can hand it to the benches;
 /// `pop` stays crate-private because a second consumer would read a slot twice.
 pub struct PeerQueue {
@@ -75,7 +86,7 @@ impl PeerQueue {
     }
 
     /// Appends `value` when the caller is the only producer (every producer of this queue
-    /// holds one lock) and has checked [`PeerQueue::is_full`]: no CAS on the tail.
+    /// holds one lock) and has checked [`PeerQueue::has_room_exclusive`]: no CAS on the tail.
     pub(crate) fn push_exclusive(&self, value: Outgoing) -> u64 {
         let tail = self.tail.load(Ordering::Relaxed);
         let slot = &self.slots[(tail & self.mask) as usize];
@@ -84,14 +95,13 @@ impl PeerQueue {
             tail,
             "push_exclusive on a full queue or with another producer"
         );
-        // Release suffices: other producers are excluded by the caller's lock (whose release
-        // publishes this store to the next holder), and readers of `tail` only use it for
-        // scheduling and stats; the consumer synchronizes on the slot's stamp.
-        self.tail.store(tail + 1, Ordering::Release);
+        // Relaxed: the caller's lock orders this store before the next producer's load, and
+        // the other readers of `tail` use it for stats; the consumer reads the stamp instead.
+        self.tail.store(tail + 1, Ordering::Relaxed);
         // SAFETY: the slot is free for position `tail` (its stamp says so) and no other
         // producer runs, so this thread owns it until it publishes the stamp below.
         slot.value.with_mut(|v| unsafe { (*v).write(value) });
-        slot.stamp.store(tail + 1, Ordering::SeqCst);
+        slot.stamp.store(tail + 1, Ordering::Release);
         tail
     }
 
@@ -100,9 +110,11 @@ impl PeerQueue {
     /// writes on every pop.
     pub(crate) fn has_room_exclusive(&self) -> bool {
         let tail = self.tail.load(Ordering::Relaxed);
+        // Relaxed: only a check. `push_exclusive` loads the same stamp again with Acquire
+        // before it writes, and a later load cannot see an older stamp.
         self.slots[(tail & self.mask) as usize]
             .stamp
-            .load(Ordering::Acquire)
+            .load(Ordering::Relaxed)
             == tail
     }
 
@@ -114,26 +126,29 @@ impl PeerQueue {
             let slot = &self.slots[(tail & self.mask) as usize];
             let stamp = slot.stamp.load(Ordering::Acquire);
             if stamp == tail {
+                // Relaxed: the CAS only elects this position's producer. The stamp load above
+                // (Acquire) already ordered the consumer's read of the old value before the
+                // write below.
                 match self.tail.compare_exchange_weak(
                     tail,
                     tail + 1,
-                    Ordering::SeqCst,
+                    Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
                         // SAFETY: winning the CAS for `tail` gives this thread the slot until it
                         // publishes the stamp below; the consumer reads only after that.
                         slot.value.with_mut(|v| unsafe { (*v).write(value) });
-                        slot.stamp.store(tail + 1, Ordering::SeqCst);
+                        slot.stamp.store(tail + 1, Ordering::Release);
                         return Ok(tail);
                     }
                     Err(current) => tail = current,
                 }
             } else if stamp + capacity == tail + 1 {
                 // The slot still holds the previous lap's value: full, unless the consumer just
-                // freed it.
-                fence(Ordering::SeqCst);
-                if self.head.load(Ordering::SeqCst) + capacity == tail {
+                // freed it. Acquire pairs with `pop`'s Release store of `head`: if `head` moved,
+                // the retry's stamp load sees the slot freed and does not spin on a stale one.
+                if self.head.load(Ordering::Acquire) + capacity == tail {
                     return Err(value);
                 }
                 tail = self.tail.load(Ordering::Relaxed);
@@ -151,12 +166,13 @@ impl PeerQueue {
     pub(crate) fn pop(&self) -> Option<(u64, Outgoing)> {
         let head = self.head.load(Ordering::Relaxed);
         let slot = &self.slots[(head & self.mask) as usize];
-        if slot.stamp.load(Ordering::SeqCst) != head + 1 {
+        if slot.stamp.load(Ordering::Acquire) != head + 1 {
             // The shard's half of the handshake in `PeerShared::notify`: the shard stored
             // `notified = false` before this pop, and must not report the queue empty on a
-            // stamp load that was hoisted above that store. Only the empty case needs it.
+            // stamp load that was hoisted above that store. Only the empty case needs it, so
+            // a drain pays for one fence, not one per message.
             fence(Ordering::SeqCst);
-            if slot.stamp.load(Ordering::SeqCst) != head + 1 {
+            if slot.stamp.load(Ordering::Acquire) != head + 1 {
                 return None;
             }
         }
@@ -165,18 +181,20 @@ impl PeerQueue {
         // frees the slot for the next lap.
         let value = slot.value.with_mut(|v| unsafe { (*v).assume_init_read() });
         slot.stamp.store(head + self.mask + 1, Ordering::Release);
-        self.head.store(head + 1, Ordering::SeqCst);
+        // Release: see the full case in `push`.
+        self.head.store(head + 1, Ordering::Release);
         Some((head, value))
     }
 
     /// Whether a value may be waiting (racy; for scheduling only).
     pub(crate) fn is_empty(&self) -> bool {
-        self.head.load(Ordering::SeqCst) == self.tail.load(Ordering::SeqCst)
+        self.head.load(Ordering::Relaxed) == self.tail.load(Ordering::Relaxed)
     }
 
-    /// Number of values ever pushed: the last assigned sequence number.
+    /// Number of values ever pushed: the last assigned sequence number. Exact for a caller
+    /// that holds the lock every producer holds (`push_exclusive`); racy otherwise.
     pub(crate) fn pushed(&self) -> u64 {
-        self.tail.load(Ordering::SeqCst)
+        self.tail.load(Ordering::Relaxed)
     }
 
     /// Number of queued values (racy; for stats only).
