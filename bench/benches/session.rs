@@ -6,15 +6,15 @@
 //! stay a small fraction of a frame's encode and decode cost (see the `frame` bench).
 //! Measured here, per message:
 //!
-//! * `session/tx_push_transmit_ack/every/N`: push, take for transmission, and one `handle_ack`
+//! * `session/tx_push_transmit_ack/every/N`: encode into the session, seal for transmission
+//!   once per turn of 64 messages (or per ACK, whichever is more often), and one `handle_ack`
 //!   per N messages, for N = 1, 64 and 1024 (the default `AckPolicy::count_max`): how well ACK
-//!   coalescing amortizes the release.
+//!   coalescing amortizes the release of whole segments.
 //! * `session/rx_handle_msg`: the in-order delivery path and the duplicate (replay) path.
 //! * `session/rx_turn`: what a connection does per received MSG (watermark check plus
 //!   `AckState::handle_received`), with one `is_due` and `handle_sent` per loop turn of 64.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,22 +28,24 @@ fn tx(c: &mut Criterion) {
     let mut group = c.benchmark_group("session/tx_push_transmit_ack");
     group.throughput(Throughput::Elements(MESSAGE_COUNT));
     for ack_every in [1_u64, 64, 1024] {
-        // The engine's token is an optional confirmation; `None` keeps the entry the same size
-        // without the cost of a future.
-        let mut session: TxSession<Option<Arc<()>>> = TxSession::new(session_id());
-        let payload = Bytes::from_static(&PAYLOAD);
+        let mut session = TxSession::new(session_id());
+        let mut slices: Vec<Bytes> = Vec::new();
         group.bench_function(BenchmarkId::new("every", ack_every), |b| {
             b.iter(|| {
                 for n in 1..=MESSAGE_COUNT {
                     let seq = session.seq_next();
-                    session.push(seq, payload.clone(), None);
-                    black_box(session.poll_transmit().expect("just pushed"));
+                    session.push(seq, &PAYLOAD, 0);
+                    // One transmit per loop turn of messages, as the shard sends once per turn.
+                    if n % TURN_LEN == 0 || n % ack_every == 0 {
+                        slices.clear();
+                        black_box(session.poll_transmit(usize::MAX, &mut slices));
+                    }
                     if n % ack_every == 0 {
-                        session
-                            .handle_ack(black_box(seq), |seq_acked, entry| {
-                                black_box((seq_acked, entry));
-                            })
-                            .expect("acks only what was sent");
+                        black_box(
+                            session
+                                .handle_ack(black_box(seq))
+                                .expect("acks only what was sent"),
+                        );
                     }
                 }
             });

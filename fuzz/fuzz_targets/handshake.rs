@@ -16,7 +16,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use uuid::Uuid;
 
@@ -25,7 +24,7 @@ use ringwire::proto::connection::Events;
 use ringwire::proto::frame::{BODY_LEN_MAX_DEFAULT, HEADER_LEN, NODE_ID_LEN_MAX};
 use ringwire::proto::handshake::{Accepting, HelloInfo};
 use ringwire::proto::heartbeat::HeartbeatConfig;
-use ringwire::proto::session::{RxSession, Sessions, TxEntry, TxSession};
+use ringwire::proto::session::{Acked, RxSession, Sessions, TxSession};
 use ringwire::proto::{Connection, ConnectionConfig, Decoder, GoAwayReason, Seq, SessionId};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,9 +80,7 @@ fn drive(hello: &HelloInfo, rest: &[u8], selector: u8, t0: Instant) {
         rx: RxSession::restore(SessionId(Uuid::from_u128(2)), Seq(5)),
     };
     for seq in 1..=QUEUED_COUNT {
-        sessions
-            .tx
-            .push(Seq(seq), Bytes::from_static(b"queued"), seq);
+        sessions.tx.push(Seq(seq), b"queued", 1);
     }
     let config = Arc::new(ConnectionConfig {
         node_id: "fuzz".into(),
@@ -102,7 +99,7 @@ fn drive(hello: &HelloInfo, rest: &[u8], selector: u8, t0: Instant) {
 
     let mut out = Vec::new();
     let now = t0 + Duration::from_millis(1);
-    conn.poll_transmit(&mut sessions, now, &mut out, usize::MAX);
+    transmit(&mut conn, &mut sessions, now, &mut out);
     let (head, tail) = rest.split_at(split_point(rest.len(), selector));
     for chunk in [head, tail] {
         if conn
@@ -114,7 +111,7 @@ fn drive(hello: &HelloInfo, rest: &[u8], selector: u8, t0: Instant) {
                 "an error closes the connection"
             );
         }
-        conn.poll_transmit(&mut sessions, now, &mut out, usize::MAX);
+        transmit(&mut conn, &mut sessions, now, &mut out);
     }
     let later = t0 + Duration::from_secs(3600);
     if conn.handle_timeout(later).is_err() {
@@ -125,7 +122,7 @@ fn drive(hello: &HelloInfo, rest: &[u8], selector: u8, t0: Instant) {
     }
     conn.handle_eof();
     conn.close(&sessions, GoAwayReason::Normal, "done");
-    conn.poll_transmit(&mut sessions, later, &mut out, usize::MAX);
+    transmit(&mut conn, &mut sessions, later, &mut out);
     assert!(conn.close_cause().is_some());
 
     let mut decoder = Decoder::new(u32::MAX);
@@ -140,6 +137,15 @@ fn drive(hello: &HelloInfo, rest: &[u8], selector: u8, t0: Instant) {
     );
 }
 
+/// Appends everything the connection has due to `out`, held message frames included.
+fn transmit(conn: &mut Connection, sessions: &mut Sessions, now: Instant, out: &mut Vec<u8>) {
+    let mut data = Vec::new();
+    conn.poll_transmit(sessions, now, out, &mut data, usize::MAX);
+    for slice in data {
+        out.extend_from_slice(&slice);
+    }
+}
+
 fn split_point(len: usize, selector: u8) -> usize {
     len * usize::from(selector) / usize::from(u8::MAX)
 }
@@ -151,16 +157,16 @@ struct Checker {
     acked: u64,
 }
 
-impl Events<u64> for Checker {
+impl Events for Checker {
     fn on_message(&mut self, _: SessionId, seq: Seq, _: &[u8]) {
         assert_eq!(seq.0, self.delivered + 1, "delivered in order");
         self.delivered = seq.0;
     }
 
-    fn on_acked(&mut self, seq: Seq, entry: TxEntry<u64>) {
-        assert_eq!(seq.0, self.acked + 1, "released in order");
-        assert_eq!(entry.token, seq.0);
-        assert!(seq.0 <= QUEUED_COUNT);
-        self.acked = seq.0;
+    fn on_acked(&mut self, acked: Acked) {
+        assert!(acked.through.0 > self.acked, "acknowledged in order");
+        assert_eq!(acked.count, acked.through.0 - self.acked, "each once");
+        assert!(acked.through.0 <= QUEUED_COUNT);
+        self.acked = acked.through.0;
     }
 }
