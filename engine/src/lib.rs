@@ -87,9 +87,11 @@ pub use crate::proto::SessionId;
 pub use crate::proto::ack::AckPolicy;
 pub use crate::proto::heartbeat::HeartbeatConfig;
 pub use crate::proto::id::{MessageId, NodeId};
+pub use crate::route::ShardId;
 pub use crate::route::confirm::Confirm;
 pub use crate::route::handler::{Discard, Handler};
 pub use crate::route::peer::Peer;
+pub use crate::route::source::{ShardCtx, Source, SourcePoll};
 
 /// Internal types for the criterion benches in `bench/`, behind the `internals` feature; not
 /// supported API (see the module's own docs).

@@ -172,6 +172,27 @@ impl Engine {
         Ok(peer)
     }
 
+    /// Registers `source` on the shard that owns `near`, where it is polled once per loop turn
+    /// and publishes through a [`ShardCtx`](crate::ShardCtx): straight into the sessions of the
+    /// peers that shard owns, without the cross-thread queue. See [`Source`](crate::Source).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShuttingDown`].
+    pub fn add_source(&self, near: &Peer, source: impl crate::Source) -> Result<(), Error> {
+        if self
+            .router
+            .closing
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::ShuttingDown);
+        }
+        near.shared
+            .mailbox
+            .send(Command::AddSource(Box::new(source)));
+        Ok(())
+    }
+
     /// A handle to `node_id`, whether or not it is connected; messages published to a peer
     /// that has not connected yet wait for it.
     pub fn peer(&self, node_id: &str) -> Peer {

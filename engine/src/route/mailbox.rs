@@ -10,6 +10,7 @@ use crossbeam_utils::CachePadded;
 use crate::PeerConfig;
 use crate::proto::handshake::HelloInfo;
 use crate::route::peer::PeerShared;
+use crate::route::source::Source;
 use crate::sync::{AtomicBool, EventFd, Ordering, SegQueue, fence};
 
 /// A control command for a shard.
@@ -26,6 +27,8 @@ pub(crate) enum Command {
         hello: HelloInfo,
         peer: Arc<PeerShared>,
     },
+    /// Poll this source every turn, on this shard, until it is done.
+    AddSource(Box<dyn Source>),
     /// Stop: drain unacknowledged messages until the deadline, then close everything.
     Shutdown {
         drain_until: Option<std::time::Instant>,

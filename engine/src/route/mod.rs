@@ -19,6 +19,7 @@ pub(crate) mod peer;
 pub(crate) mod queue;
 pub(crate) mod registry;
 pub(crate) mod router;
+pub(crate) mod source;
 
 pub(crate) use mailbox::{Command, Mailbox};
 pub(crate) use peer::PeerShared;

@@ -79,6 +79,57 @@ impl Peer {
         })
     }
 
+    /// Queues every payload in `payloads`, in order, as consecutive messages: one reservation
+    /// of queue positions and at most one wake-up of the shard for the whole batch, the cheap
+    /// way to publish many messages from one thread. Returns the first message's id; the
+    /// others follow it in sequence (for an empty batch, the id the next message will get).
+    /// On success `payloads` is left empty, its capacity kept for the next batch.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PayloadTooLarge`] if any payload is (nothing is queued), and
+    /// [`Error::ShuttingDown`]. Without an outbox the batch is all or nothing:
+    /// [`Error::Backpressure`] (carrying an empty payload) when the queue lacks room for all of
+    /// it, with `payloads` untouched. With an outbox, messages are accepted in order until one
+    /// is refused: the accepted ones are removed from the front of `payloads`, and the error
+    /// is the refusal of the first one left, as [`Peer::publish`] would report it.
+    pub fn publish_batch(&self, payloads: &mut Vec<Bytes>) -> Result<MessageId, Error> {
+        if self
+            .router
+            .closing
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::ShuttingDown);
+        }
+        let len_max = self.router.config.payload_len_max();
+        if let Some(large) = payloads.iter().find(|p| p.len() > len_max) {
+            return Err(Error::PayloadTooLarge {
+                len: large.len(),
+                len_max,
+            });
+        }
+        let id = |seq| MessageId {
+            session: self.shared.tx_session,
+            seq,
+        };
+        if payloads.is_empty() {
+            return Ok(id(self.shared.queue.pushed() + 1));
+        }
+        let first = match &self.shared.durable {
+            Some(durable) => self.shared.push_durable_batch(durable, payloads)?,
+            None => {
+                let position = self
+                    .shared
+                    .queue
+                    .push_batch(payloads)
+                    .ok_or(Error::Backpressure(Bytes::new()))?;
+                self.shared.notify();
+                position + 1
+            }
+        };
+        Ok(id(first))
+    }
+
     /// This node's outbound session to the peer: with an outbox, the same across restarts.
     pub fn session(&self) -> SessionId {
         self.shared.tx_session
@@ -186,17 +237,8 @@ impl PeerShared {
             return Err(Error::Backpressure(payload));
         }
         let seq = Seq(self.queue.pushed() + 1);
-        match appender.append(slot, self.tx_session, seq, &payload) {
-            Ok(()) => {}
-            Err(AppendError::Full { disk }) => {
-                return Err(Error::OutboxFull {
-                    payload,
-                    disk_full: disk,
-                });
-            }
-            Err(AppendError::PeerFull) => return Err(Error::Backpressure(payload)),
-            Err(AppendError::Failed) => return Err(Error::OutboxFailed),
-            Err(AppendError::Io(e)) => return Err(Error::io("creating an outbox segment", e)),
+        if let Err(e) = appender.append(slot, self.tx_session, seq, &payload) {
+            return Err(append_error(e, payload));
         }
         appender.set_next(slot, seq.next());
         let position = self.queue.push_exclusive(Outgoing { payload, confirm });
@@ -204,6 +246,60 @@ impl PeerShared {
         debug_assert_eq!(position + 1, seq.0);
         self.notify();
         Ok(seq.0)
+    }
+
+    /// Writes the outbox records of `payloads` and queues them, in order, under one hold of
+    /// the append lock and with one wake-up, until one is refused; removes the accepted ones
+    /// from the front of `payloads`. Returns the first one's sequence number, or the refusal
+    /// of the first one left.
+    pub(crate) fn push_durable_batch(
+        self: &Arc<Self>,
+        durable: &Durable,
+        payloads: &mut Vec<Bytes>,
+    ) -> Result<u64, Error> {
+        let mut accepted = 0;
+        let mut refused = None;
+        let first = Seq(self.queue.pushed() + 1);
+        {
+            let slot = match &durable.slot {
+                Ok(slot) => *slot,
+                Err(why) => {
+                    tracing::warn!(peer = %self.node_id, why, "peer has no outbox session");
+                    return Err(Error::OutboxFull {
+                        payload: payloads[0].clone(),
+                        disk_full: false,
+                    });
+                }
+            };
+            let mut appender = durable.outbox.appender();
+            for payload in payloads.iter() {
+                // Every producer holds the append lock: the room and the position stay ours.
+                if !self.queue.has_room_exclusive() {
+                    refused = Some(Error::Backpressure(payload.clone()));
+                    break;
+                }
+                let seq = Seq(self.queue.pushed() + 1);
+                let result = appender.append(slot, self.tx_session, seq, payload);
+                if let Err(e) = result {
+                    refused = Some(append_error(e, payload.clone()));
+                    break;
+                }
+                appender.set_next(slot, seq.next());
+                self.queue.push_exclusive(Outgoing {
+                    payload: payload.clone(),
+                    confirm: None,
+                });
+                accepted += 1;
+            }
+        }
+        payloads.drain(..accepted);
+        if accepted > 0 {
+            self.notify();
+        }
+        match refused {
+            Some(err) => Err(err),
+            None => Ok(first.0),
+        }
     }
 
     fn notify(self: &Arc<Self>) {
@@ -240,5 +336,18 @@ impl fmt::Debug for PeerShared {
             .field("node_id", &self.node_id)
             .field("shard", &self.shard)
             .finish()
+    }
+}
+
+/// What `publish` reports when the outbox refuses `payload`'s record.
+fn append_error(e: AppendError, payload: Bytes) -> Error {
+    match e {
+        AppendError::Full { disk } => Error::OutboxFull {
+            payload,
+            disk_full: disk,
+        },
+        AppendError::PeerFull => Error::Backpressure(payload),
+        AppendError::Failed => Error::OutboxFailed,
+        AppendError::Io(e) => Error::io("creating an outbox segment", e),
     }
 }

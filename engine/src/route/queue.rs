@@ -159,6 +159,83 @@ impl PeerQueue {
         }
     }
 
+    /// Appends every payload of `payloads` (leaving it empty) at consecutive positions with one
+    /// reservation, returning the first position; leaves `payloads` untouched and returns
+    /// `None` if the queue lacks room for all of them.
+    pub(crate) fn push_batch(&self, payloads: &mut Vec<Bytes>) -> Option<u64> {
+        let count = payloads.len() as u64;
+        let capacity = self.mask + 1;
+        if count == 0 || count > capacity {
+            return None;
+        }
+        let mut tail = self.tail.load(Ordering::Relaxed);
+        loop {
+            let last = tail + count - 1;
+            let stamp = self.slots[(last & self.mask) as usize]
+                .stamp
+                .load(Ordering::Acquire);
+            if stamp == last {
+                // The consumer frees slots in position order, so the last slot being free for
+                // this lap means every slot from `tail` on is; the CAS makes them ours unless
+                // another producer claimed `tail` first. Relaxed for the reason in `push`: the
+                // Acquire above ordered the consumer's reads of the old values before our
+                // writes.
+                match self.tail.compare_exchange_weak(
+                    tail,
+                    tail + count,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        for (position, payload) in (tail..).zip(payloads.drain(..)) {
+                            let slot = &self.slots[(position & self.mask) as usize];
+                            let value = Outgoing {
+                                payload,
+                                confirm: None,
+                            };
+                            // SAFETY: winning the CAS for `tail..tail + count` gives this
+                            // thread these slots until it publishes each stamp; the consumer
+                            // reads a slot only after its stamp.
+                            slot.value.with_mut(|v| unsafe { (*v).write(value) });
+                            slot.stamp.store(position + 1, Ordering::Release);
+                        }
+                        return Some(tail);
+                    }
+                    Err(current) => tail = current,
+                }
+            } else if stamp + capacity == last + 1 {
+                // The last slot holds the previous lap's value: not enough room, unless the
+                // consumer just freed it (see `push`).
+                if self.head.load(Ordering::Acquire) + capacity <= last {
+                    return None;
+                }
+                tail = self.tail.load(Ordering::Relaxed);
+            } else {
+                spin_loop();
+                tail = self.tail.load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes the next position for a message the consumer handles itself, as if it had been
+    /// pushed and popped at once, provided every value pushed so far was popped; `None` if a
+    /// producer holds the next position (pop first, to keep the order).
+    ///
+    /// Only the owning shard may call this.
+    pub(crate) fn claim_consumed(&self) -> Option<u64> {
+        let head = self.head.load(Ordering::Relaxed);
+        // Relaxed: the CAS only elects the owner of position `head`, as a producer's does; no
+        // value is written, so there is nothing for the consumer (us) to acquire.
+        self.tail
+            .compare_exchange(head, head + 1, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        // Free the slot for the next lap, as `pop` does after taking a value.
+        let slot = &self.slots[(head & self.mask) as usize];
+        slot.stamp.store(head + self.mask + 1, Ordering::Release);
+        self.head.store(head + 1, Ordering::Release);
+        Some(head)
+    }
+
     /// Takes the next value in position order. `None` if empty or if the next position's
     /// producer has not finished writing (a later position is never returned before it).
     ///

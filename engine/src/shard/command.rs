@@ -6,6 +6,7 @@ use super::COMMAND_BUDGET;
 use super::State;
 use super::conn::Phase;
 use super::shutdown::Shutdown;
+use super::source::SourceSlot;
 use crate::net::dial::DialPlan;
 
 impl State {
@@ -25,6 +26,7 @@ impl State {
                     let index = self.new_conn(fd, Phase::Detached);
                     self.adopt(index, hello, peer);
                 }
+                Command::AddSource(source) => self.sources.push(SourceSlot::new(source)),
                 Command::Shutdown { drain_until } => {
                     if self.shutdown.is_none() {
                         self.shutdown = Some(Shutdown {

@@ -35,6 +35,7 @@ mod ring;
 mod service;
 mod shutdown;
 mod slots;
+mod source;
 mod teardown;
 mod timer;
 mod window;
@@ -66,6 +67,7 @@ use peer::PeerState;
 use ring::Ring;
 use shutdown::Shutdown;
 use slots::{ConnId, PeerIndex, Slots};
+use source::SourceSlot;
 use timer::Timer;
 
 /// What a shard thread starts from.
@@ -167,6 +169,10 @@ struct State {
     durable: Option<DurableState>,
     /// When the `Window` timer is due, if armed.
     window_timer: Option<Instant>,
+    /// The application's sources on this shard.
+    sources: Vec<SourceSlot>,
+    /// Peers that sources published to this turn.
+    touched: Vec<PeerIndex>,
 }
 
 impl Shard {
@@ -213,6 +219,8 @@ impl Shard {
                 shutdown: None,
                 now,
                 window_timer: None,
+                sources: Vec::new(),
+                touched: Vec::new(),
                 durable: init.durable.map(|d| DurableState {
                     outbox: d.outbox,
                     recovered: d.recovered.messages,
@@ -232,6 +240,7 @@ impl Shard {
             self.reap();
             self.st.run_commands();
             self.st.drain_peers();
+            self.st.poll_sources();
             self.st.sync_outbox();
             self.st.fire_timers();
             if self.st.advance_shutdown() {
@@ -259,7 +268,8 @@ impl Shard {
             || !self.st.drain_again.is_empty()
             || !self.st.dirty.is_empty()
             || !self.st.mailbox.commands.is_empty()
-            || !self.st.mailbox.ready.is_empty();
+            || !self.st.mailbox.ready.is_empty()
+            || self.st.has_ready_source();
         if busy {
             return self.ring.submit(false, None);
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use crate::config::Config;
 use crate::net::dial::DialPlan;
 use crate::outbox::record;
 use crate::outbox::store::RecoveredMessage;
@@ -41,6 +42,8 @@ pub(super) struct PeerState {
     /// everything in the queue and are taken first, under the same flow limits, so a large
     /// backlog is not copied into memory all at once.
     pub(super) recovered: std::vec::IntoIter<RecoveredMessage>,
+    /// A source published to this peer during the current turn (it is on `State::touched`).
+    pub(super) touched: bool,
 }
 
 impl PeerState {
@@ -76,6 +79,7 @@ impl State {
             redial_at: None,
             confirms: VecDeque::new(),
             recovered,
+            touched: false,
         });
         self.peer_by_key.insert(shared.key, index);
         if self.peers[index].has_queued() {
@@ -106,18 +110,7 @@ impl State {
             return;
         };
         let tx = &mut ps.sessions.tx;
-        let limits = FlowLimits {
-            unacked_count_max: self.config.unacked_count_max as u64,
-            unacked_bytes_max: self.config.unacked_bytes_max,
-            // Encoding far ahead only helps while there is a connection to send on; while the
-            // peer is away the session takes up to its unacknowledged limits, as it would
-            // have sent them.
-            unsent_bytes_max: if ps.established {
-                UNSENT_SENDS * self.config.send_batch_bytes_max
-            } else {
-                usize::MAX
-            },
-        };
+        let limits = flow_limits(&self.config, ps.established);
         // With an outbox, a message's weight is its record's space, released to the outbox
         // when the peer acknowledges it.
         let durable = self.durable.is_some();
@@ -212,6 +205,22 @@ impl State {
             self.mark_dirty(conn);
         }
         self.drain_again.push(peer);
+    }
+}
+
+/// The flow limits of a peer's session (see `FlowLimits`).
+pub(super) fn flow_limits(config: &Config, established: bool) -> FlowLimits {
+    FlowLimits {
+        unacked_count_max: config.unacked_count_max as u64,
+        unacked_bytes_max: config.unacked_bytes_max,
+        // Encoding far ahead only helps while there is a connection to send on; while the
+        // peer is away the session takes up to its unacknowledged limits, as it would have
+        // sent them.
+        unsent_bytes_max: if established {
+            UNSENT_SENDS * config.send_batch_bytes_max
+        } else {
+            usize::MAX
+        },
     }
 }
 

@@ -54,6 +54,7 @@ impl State {
             }
             self.begin_close(index, Duration::ZERO);
         }
+        self.sources.clear();
         for (_, ps) in self.peers.iter_mut() {
             ps.dial = None;
             ps.sessions.tx.clear();

@@ -95,10 +95,10 @@ impl State {
                 Some(since) => Some(since + CLOSE_GRACE),
                 None => sd.drain_until,
             });
-        match (timer, shutdown) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [timer, shutdown, self.next_source_poll()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub(super) fn schedule_conn_timer(&mut self, index: ConnId) {
