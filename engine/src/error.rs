@@ -27,6 +27,10 @@ pub enum Error {
     /// written since the last good sync is ever confirmed, and the outbox accepts nothing more
     /// until the engine is restarted (which recovers what is really on disk).
     OutboxFailed,
+    /// The shard that owns the peer stopped on a failure (a panic in a handler or source, or
+    /// the ring failing); `reason` says which. Its peers accept nothing more; the engine's
+    /// other shards go on. Restart the engine.
+    ShardFailed { shard: usize, reason: String },
     /// The kernel lacks an io_uring feature the engine needs.
     Unsupported(String),
     /// The operating system failed; `context` says what the engine was doing.
@@ -76,6 +80,7 @@ impl fmt::Display for Error {
             Error::OutboxFailed => f.write_str(
                 "outbox sync failed earlier; the outbox accepts and confirms nothing until restart",
             ),
+            Error::ShardFailed { shard, reason } => write!(f, "shard {shard} failed: {reason}"),
             Error::Unsupported(msg) => write!(f, "unsupported kernel: {msg}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
         }

@@ -29,6 +29,9 @@ macro_rules! counters {
         #[non_exhaustive]
         pub struct Stats {
             $($(#[$doc])* pub $name: u64,)*
+            /// Shards that stopped on a failure (a panic in a handler or source, or the ring
+            /// failing): their peers' publishes fail with `Error::ShardFailed`.
+            pub shards_failed: u64,
             /// Per-peer state.
             pub peers: Vec<PeerStats>,
         }
@@ -36,7 +39,7 @@ macro_rules! counters {
         impl Stats {
             /// Every counter by name, in declaration order (for reports and exporters).
             pub fn counters(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name),)*]
+                vec![$((stringify!($name), self.$name),)* ("shards_failed", self.shards_failed)]
             }
         }
     };

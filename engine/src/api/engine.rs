@@ -19,7 +19,7 @@ use crate::proto::id::MessageId;
 use crate::route::confirm::Confirm;
 use crate::route::handler::Handler;
 use crate::route::peer::Peer;
-use crate::route::router::Router;
+use crate::route::router::{Router, ShardFailure};
 use crate::route::{Command, Mailbox, Registry};
 use crate::{outbox, proto, route, shard, sys};
 
@@ -80,12 +80,16 @@ impl Engine {
         let counters: Vec<_> = (0..config.shards)
             .map(|_| Arc::new(CachePadded::new(SharedCounters::default())))
             .collect();
+        let config_shards = config.shards;
         let router = Arc::new(Router {
             config,
             mailboxes,
             registry: Registry::default(),
             closing: AtomicBool::new(false),
             outboxes: stores.iter().map(|s| Arc::clone(&s.outbox)).collect(),
+            failures: (0..config_shards)
+                .map(|_| ShardFailure::default())
+                .collect(),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
@@ -240,6 +244,12 @@ impl Engine {
             .collect();
         peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         stats.peers = peers;
+        stats.shards_failed = self
+            .router
+            .failures
+            .iter()
+            .filter(|f| f.is_failed())
+            .count() as u64;
         stats
     }
 

@@ -7,6 +7,12 @@ use crate::proto::id::MessageId;
 use crate::route::peer::Peer;
 
 /// Receives messages. Runs on the shard thread that owns the peer: it must not block.
+///
+/// # Panics
+///
+/// A panic in a callback stops the shard it runs on (not the process): the engine reports it in
+/// `Stats::shards_failed`, and publishing to that shard's peers fails with
+/// [`Error::ShardFailed`](crate::Error::ShardFailed). Catch what must not stop the shard.
 pub trait Handler: Send + Sync + 'static {
     /// A message from `peer`, delivered exactly once and in order per peer.
     fn on_message(&self, peer: &Peer, id: MessageId, payload: &[u8]);

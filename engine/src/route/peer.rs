@@ -59,6 +59,7 @@ impl Peer {
         {
             return Err(Error::ShuttingDown);
         }
+        self.router.failures[self.shared.shard.0].check(self.shared.shard)?;
         let len_max = self.router.config.payload_len_max();
         if payload.len() > len_max {
             return Err(Error::PayloadTooLarge {
@@ -101,6 +102,7 @@ impl Peer {
         {
             return Err(Error::ShuttingDown);
         }
+        self.router.failures[self.shared.shard.0].check(self.shared.shard)?;
         let len_max = self.router.config.payload_len_max();
         if let Some(large) = payloads.iter().find(|p| p.len() > len_max) {
             return Err(Error::PayloadTooLarge {

@@ -1,11 +1,13 @@
 //! The engine-wide routing state every `Peer` handle and shard reaches: the shards' mailboxes,
 //! the peer registry, the closing flag and the per-shard outboxes.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
+use crate::error::Error;
 use crate::outbox::store::ShardOutbox;
+use crate::route::ShardId;
 use crate::route::mailbox::Mailbox;
 use crate::route::peer::{Peer, PeerShared};
 use crate::route::registry::Registry;
@@ -18,6 +20,42 @@ pub(crate) struct Router {
     pub closing: AtomicBool,
     /// One per shard when the engine has an outbox, else empty.
     pub outboxes: Vec<Arc<ShardOutbox>>,
+    /// Why each shard stopped early, if it did (see `Error::ShardFailed`).
+    pub failures: Vec<ShardFailure>,
+}
+
+/// Whether a shard stopped on a failure, checked by every publish to its peers.
+#[derive(Debug, Default)]
+pub(crate) struct ShardFailure {
+    failed: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl ShardFailure {
+    /// Records that the shard stopped, and why.
+    pub(crate) fn set(&self, reason: String) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// The error a publish to the shard's peers gets, if it failed.
+    pub(crate) fn check(&self, shard: ShardId) -> Result<(), Error> {
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(Error::ShardFailed {
+            shard: shard.0,
+            reason: self
+                .reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        })
+    }
+
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
 }
 
 impl Router {

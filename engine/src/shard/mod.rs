@@ -43,6 +43,7 @@ mod window;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::os::fd::OwnedFd;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -113,7 +114,20 @@ pub(crate) fn run(init: Init) {
     // Counters set at start (what recovery found) are visible as soon as `start` returns.
     shard.st.shared_counters.publish(&shard.st.counters);
     let _ = shard.ready.send(Ok(()));
-    shard.run_loop();
+    // A panic in a handler or a source, or a ring that stops working, ends this shard but not
+    // silently: its peers' publishes fail with the reason and `stats()` counts it. Teardown
+    // still runs, so buffers the kernel may use are not freed under it.
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| shard.run_loop()));
+    let failure = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("io_uring_enter failed: {e}")),
+        Err(panic) => Some(format!("panicked: {}", panic_message(&*panic))),
+    };
+    if let Some(reason) = failure {
+        tracing::error!(shard = shard.st.id.0, reason, "shard stopped on a failure");
+        shard.st.router.failures[shard.st.id.0].set(reason);
+        shard.st.fail_all();
+    }
     if !shard.teardown() {
         // Some operation never completed: the kernel may still write into the receive buffers
         // or read the send buffers, so they must never be freed.
@@ -233,7 +247,8 @@ impl Shard {
         }
     }
 
-    fn run_loop(&mut self) {
+    /// Runs loop turns until shutdown completes; fails if the ring does.
+    fn run_loop(&mut self) -> std::io::Result<()> {
         loop {
             self.st.now = Instant::now();
             self.st.counters.loop_turns += 1;
@@ -244,20 +259,17 @@ impl Shard {
             self.st.sync_outbox();
             self.st.fire_timers();
             if self.st.advance_shutdown() {
-                return;
+                return Ok(());
             }
             self.service_all();
             if self.st.is_closed() {
-                return;
+                return Ok(());
             }
             self.arm_reserved();
             self.st.release_acked();
             self.st.counters.ring_enters = self.ring.enters;
             self.st.shared_counters.publish(&self.st.counters);
-            if let Err(e) = self.wait() {
-                tracing::error!(shard = self.st.id.0, error = %e, "io_uring_enter failed; shard stops");
-                return;
-            }
+            self.wait()?;
         }
     }
 
@@ -301,5 +313,16 @@ impl Shard {
         let result = self.ring.submit(true, timeout);
         self.st.mailbox.unpark();
         result
+    }
+}
+
+/// The text of a panic payload (a `&str` or `String` message), or a placeholder.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
     }
 }

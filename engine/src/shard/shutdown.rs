@@ -71,3 +71,21 @@ impl State {
         self.conns.is_empty()
     }
 }
+
+impl State {
+    /// The shard stopped on a failure: fails every pending confirmation, queued or sent, and
+    /// drops the sources, so nobody waits on a shard that will not run again.
+    pub(super) fn fail_all(&mut self) {
+        self.sources.clear();
+        for (_, ps) in self.peers.iter_mut() {
+            for (_, confirm) in ps.confirms.drain(..) {
+                confirm.fail();
+            }
+            while let Some((_, outgoing)) = ps.shared.queue.pop() {
+                if let Some(confirm) = outgoing.confirm {
+                    confirm.fail();
+                }
+            }
+        }
+    }
+}
