@@ -9,6 +9,7 @@ mod durable;
 mod fanin;
 mod node;
 mod pingpong;
+mod publisher;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
