@@ -44,11 +44,29 @@ pub struct PeerQueue {
     tail: CachePadded<AtomicU64>,
     slots: Box<[Slot]>,
     mask: u64,
+    /// The first position (see [`PeerQueue::starting_at`]).
+    start: u64,
 }
 
 struct Slot {
-    stamp: AtomicU64,
+    stamp: Stamp,
     value: UnsafeCell<MaybeUninit<Outgoing>>,
+}
+
+/// A slot's stamp, stored relative to the first position that uses the slot, so that a fresh
+/// queue is all zeroes: its memory comes from the allocator zeroed and untouched, and a peer
+/// that publishes little keeps only the pages it used resident, not the whole ring.
+struct Stamp(AtomicU64);
+
+impl Stamp {
+    /// The stamp, given `base`, the first position that uses this slot.
+    fn load(&self, base: u64, order: Ordering) -> u64 {
+        self.0.load(order).wrapping_add(base)
+    }
+
+    fn store(&self, base: u64, stamp: u64, order: Ordering) {
+        self.0.store(stamp.wrapping_sub(base), order);
+    }
 }
 
 // SAFETY: a slot's value is written only by the producer that won the CAS for its position and
@@ -68,20 +86,13 @@ impl PeerQueue {
     /// Like [`PeerQueue::new`], with `start` as the first position (a session that continues
     /// after a restart).
     pub(crate) fn starting_at(len: usize, start: u64) -> PeerQueue {
-        let capacity = len.max(2).next_power_of_two() as u64;
-        let mask = capacity - 1;
-        // Slot `i` is first used by the position in `start..start + capacity` congruent to it.
-        let slots = (0..capacity)
-            .map(|i| Slot {
-                stamp: AtomicU64::new(start + (i.wrapping_sub(start) & mask)),
-                value: UnsafeCell::new(MaybeUninit::uninit()),
-            })
-            .collect();
+        let capacity = len.max(2).next_power_of_two();
         PeerQueue {
             head: CachePadded::new(AtomicU64::new(start)),
             tail: CachePadded::new(AtomicU64::new(start)),
-            slots,
-            mask,
+            slots: zeroed_slots(capacity),
+            mask: capacity as u64 - 1,
+            start,
         }
     }
 
@@ -91,7 +102,7 @@ impl PeerQueue {
         let tail = self.tail.load(Ordering::Relaxed);
         let slot = &self.slots[(tail & self.mask) as usize];
         assert_eq!(
-            slot.stamp.load(Ordering::Acquire),
+            slot.stamp.load(self.base(tail), Ordering::Acquire),
             tail,
             "push_exclusive on a full queue or with another producer"
         );
@@ -101,7 +112,8 @@ impl PeerQueue {
         // SAFETY: the slot is free for position `tail` (its stamp says so) and no other
         // producer runs, so this thread owns it until it publishes the stamp below.
         slot.value.with_mut(|v| unsafe { (*v).write(value) });
-        slot.stamp.store(tail + 1, Ordering::Release);
+        slot.stamp
+            .store(self.base(tail), tail + 1, Ordering::Release);
         tail
     }
 
@@ -114,7 +126,7 @@ impl PeerQueue {
         // before it writes, and a later load cannot see an older stamp.
         self.slots[(tail & self.mask) as usize]
             .stamp
-            .load(Ordering::Relaxed)
+            .load(self.base(tail), Ordering::Relaxed)
             == tail
     }
 
@@ -124,7 +136,7 @@ impl PeerQueue {
         let mut tail = self.tail.load(Ordering::Relaxed);
         loop {
             let slot = &self.slots[(tail & self.mask) as usize];
-            let stamp = slot.stamp.load(Ordering::Acquire);
+            let stamp = slot.stamp.load(self.base(tail), Ordering::Acquire);
             if stamp == tail {
                 // Relaxed: the CAS only elects this position's producer. The stamp load above
                 // (Acquire) already ordered the consumer's read of the old value before the
@@ -139,7 +151,8 @@ impl PeerQueue {
                         // SAFETY: winning the CAS for `tail` gives this thread the slot until it
                         // publishes the stamp below; the consumer reads only after that.
                         slot.value.with_mut(|v| unsafe { (*v).write(value) });
-                        slot.stamp.store(tail + 1, Ordering::Release);
+                        slot.stamp
+                            .store(self.base(tail), tail + 1, Ordering::Release);
                         return Ok(tail);
                     }
                     Err(current) => tail = current,
@@ -173,7 +186,7 @@ impl PeerQueue {
             let last = tail + count - 1;
             let stamp = self.slots[(last & self.mask) as usize]
                 .stamp
-                .load(Ordering::Acquire);
+                .load(self.base(last), Ordering::Acquire);
             if stamp == last {
                 // The consumer frees slots in position order, so the last slot being free for
                 // this lap means every slot from `tail` on is; the CAS makes them ours unless
@@ -197,7 +210,8 @@ impl PeerQueue {
                             // thread these slots until it publishes each stamp; the consumer
                             // reads a slot only after its stamp.
                             slot.value.with_mut(|v| unsafe { (*v).write(value) });
-                            slot.stamp.store(position + 1, Ordering::Release);
+                            slot.stamp
+                                .store(self.base(position), position + 1, Ordering::Release);
                         }
                         return Some(tail);
                     }
@@ -231,7 +245,8 @@ impl PeerQueue {
             .ok()?;
         // Free the slot for the next lap, as `pop` does after taking a value.
         let slot = &self.slots[(head & self.mask) as usize];
-        slot.stamp.store(head + self.mask + 1, Ordering::Release);
+        slot.stamp
+            .store(self.base(head), head + self.mask + 1, Ordering::Release);
         self.head.store(head + 1, Ordering::Release);
         Some(head)
     }
@@ -243,13 +258,13 @@ impl PeerQueue {
     pub(crate) fn pop(&self) -> Option<(u64, Outgoing)> {
         let head = self.head.load(Ordering::Relaxed);
         let slot = &self.slots[(head & self.mask) as usize];
-        if slot.stamp.load(Ordering::Acquire) != head + 1 {
+        if slot.stamp.load(self.base(head), Ordering::Acquire) != head + 1 {
             // The shard's half of the handshake in `PeerShared::notify`: the shard stored
             // `notified = false` before this pop, and must not report the queue empty on a
             // stamp load that was hoisted above that store. Only the empty case needs it, so
             // a drain pays for one fence, not one per message.
             fence(Ordering::SeqCst);
-            if slot.stamp.load(Ordering::Acquire) != head + 1 {
+            if slot.stamp.load(self.base(head), Ordering::Acquire) != head + 1 {
                 return None;
             }
         }
@@ -257,10 +272,16 @@ impl PeerQueue {
         // consumer is the only reader; the value is moved out exactly once before the stamp
         // frees the slot for the next lap.
         let value = slot.value.with_mut(|v| unsafe { (*v).assume_init_read() });
-        slot.stamp.store(head + self.mask + 1, Ordering::Release);
+        slot.stamp
+            .store(self.base(head), head + self.mask + 1, Ordering::Release);
         // Release: see the full case in `push`.
         self.head.store(head + 1, Ordering::Release);
         Some((head, value))
+    }
+
+    /// The first position that uses the slot of `position`, against which its stamp is stored.
+    fn base(&self, position: u64) -> u64 {
+        self.start + (position.wrapping_sub(self.start) & self.mask)
     }
 
     /// Whether a value may be waiting (racy; for scheduling only).
@@ -280,6 +301,26 @@ impl PeerQueue {
             .load(Ordering::Relaxed)
             .saturating_sub(self.head.load(Ordering::Relaxed))
     }
+}
+
+/// `capacity` empty slots, every stamp zero (free for its first position).
+#[cfg(not(loom))]
+fn zeroed_slots(capacity: usize) -> Box<[Slot]> {
+    // SAFETY: an all-zero `Slot` is valid: its stamp is an `AtomicU64` of 0, and its value is
+    // `MaybeUninit`, valid for any bytes. The zeroed allocation is what keeps a large, barely
+    // used ring from being resident: the allocator hands out fresh zero pages untouched.
+    unsafe { Box::new_zeroed_slice(capacity).assume_init() }
+}
+
+/// Loom's atomics are not plain memory; build the slots one by one.
+#[cfg(loom)]
+fn zeroed_slots(capacity: usize) -> Box<[Slot]> {
+    (0..capacity)
+        .map(|_| Slot {
+            stamp: Stamp(AtomicU64::new(0)),
+            value: UnsafeCell::new(MaybeUninit::uninit()),
+        })
+        .collect()
 }
 
 impl fmt::Debug for PeerQueue {
