@@ -64,6 +64,8 @@ counters! {
     connects,
     /// Connections closed because a peer broke the protocol.
     protocol_errors,
+    /// Dialers refused because the engine already knows `peers_max` peers.
+    peers_refused,
     /// Calls into the kernel to submit or wait (`io_uring_enter`).
     ring_enters,
     /// Event-loop turns.

@@ -28,6 +28,10 @@ pub struct Config {
     pub first_core: usize,
     /// Largest frame body accepted and sent (default 16 MiB). A payload may be 8 bytes less.
     pub body_len_max: u32,
+    /// Peers the engine keeps state for (default 10,000). A node that dials in when this many
+    /// are known is refused with GOAWAY `Overloaded` and a retry-after; peers the application
+    /// declares itself (`Engine::connect`, `Engine::peer`) are not limited.
+    pub peers_max: usize,
     /// Messages a peer's publish queue holds before `publish` returns `Backpressure`
     /// (default 8192, rounded up to a power of two).
     pub peer_queue_len: usize,
@@ -104,6 +108,7 @@ impl Config {
             first_core: 0,
             body_len_max: BODY_LEN_MAX_DEFAULT,
             peer_queue_len: 8192,
+            peers_max: 10_000,
             unacked_count_max: 65_536,
             unacked_bytes_max: 64 << 20,
             ring_entries: 1024,

@@ -34,48 +34,60 @@ impl Registry {
 
     /// Returns the peer's shared state, creating it if it is new: with the session its
     /// shard's outbox holds for it, if there is an outbox, otherwise with a fresh session.
+    ///
+    /// With `count_max`, a new peer is created only while the registry holds fewer peers;
+    /// `None` means it was full.
     pub(crate) fn get_or_create(
         &self,
         node_id: &str,
         mailboxes: &[Arc<Mailbox>],
         queue_len: usize,
         outboxes: &[Arc<ShardOutbox>],
-    ) -> Arc<PeerShared> {
+        count_max: Option<usize>,
+    ) -> Option<Arc<PeerShared>> {
         if let Some(peer) = self.get(node_id) {
-            return peer;
+            return Some(peer);
         }
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(max) = count_max
+            && peers.len() >= max
+            && !peers.contains_key(node_id)
+        {
+            return None;
+        }
         let node_id = NodeId::from(node_id);
-        Arc::clone(peers.entry(node_id.clone()).or_insert_with(|| {
-            let shard = owner(node_id.as_str(), mailboxes.len());
-            let mut tx_session = SessionId(uuid::Uuid::new_v4());
-            let mut seq_next = Seq(1);
-            let durable = outboxes.get(shard.0).map(|outbox| {
-                let state = outbox.session(node_id.as_str());
-                if let Ok(state) = &state {
-                    tx_session = state.session;
-                    seq_next = state.next;
-                }
-                Durable {
-                    outbox: Arc::clone(outbox),
-                    acked_at_start: state.as_ref().map_or(Seq::ZERO, |s| s.acked),
-                    slot: state.map(|s| s.slot).map_err(|e| e.to_string()),
-                }
-            });
-            Arc::new(PeerShared {
-                key: self
-                    .key_next
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                shard,
-                tx_session,
-                queue: PeerQueue::starting_at(queue_len, seq_next.0 - 1),
-                durable,
-                notified: AtomicBool::new(false),
-                mailbox: Arc::clone(&mailboxes[shard.0]),
-                published: CachePadded::default(),
-                node_id,
-            })
-        }))
+        Some(Arc::clone(peers.entry(node_id.clone()).or_insert_with(
+            || {
+                let shard = owner(node_id.as_str(), mailboxes.len());
+                let mut tx_session = SessionId(uuid::Uuid::new_v4());
+                let mut seq_next = Seq(1);
+                let durable = outboxes.get(shard.0).map(|outbox| {
+                    let state = outbox.session(node_id.as_str());
+                    if let Ok(state) = &state {
+                        tx_session = state.session;
+                        seq_next = state.next;
+                    }
+                    Durable {
+                        outbox: Arc::clone(outbox),
+                        acked_at_start: state.as_ref().map_or(Seq::ZERO, |s| s.acked),
+                        slot: state.map(|s| s.slot).map_err(|e| e.to_string()),
+                    }
+                });
+                Arc::new(PeerShared {
+                    key: self
+                        .key_next
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    shard,
+                    tx_session,
+                    queue: PeerQueue::starting_at(queue_len, seq_next.0 - 1),
+                    durable,
+                    notified: AtomicBool::new(false),
+                    mailbox: Arc::clone(&mailboxes[shard.0]),
+                    published: CachePadded::default(),
+                    node_id,
+                })
+            },
+        )))
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<PeerShared>> {

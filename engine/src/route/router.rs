@@ -66,12 +66,29 @@ impl Router {
         }
     }
 
+    /// The peer's shared state, created if new: for the application, which may declare as many
+    /// peers as it likes.
     pub(crate) fn peer_shared(&self, node_id: &str) -> Arc<PeerShared> {
+        self.registry
+            .get_or_create(
+                node_id,
+                &self.mailboxes,
+                self.config.peer_queue_len,
+                &self.outboxes,
+                None,
+            )
+            .expect("no limit, so always created")
+    }
+
+    /// The peer's shared state for a node that dialed in: created only while the engine knows
+    /// fewer than `peers_max` peers, so strangers cannot grow the table without bound.
+    pub(crate) fn peer_shared_inbound(&self, node_id: &str) -> Option<Arc<PeerShared>> {
         self.registry.get_or_create(
             node_id,
             &self.mailboxes,
             self.config.peer_queue_len,
             &self.outboxes,
+            Some(self.config.peers_max),
         )
     }
 }

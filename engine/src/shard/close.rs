@@ -57,10 +57,22 @@ impl State {
     }
 
     pub(super) fn reject_with(&mut self, index: ConnId, reason: GoAwayReason, message: &str) {
+        self.refuse(index, reason, 0, message);
+    }
+
+    /// Answers a connection that belongs to no peer with a GOAWAY (asking the dialer to wait
+    /// `retry_after_ms` before it comes back) and closes it.
+    pub(super) fn refuse(
+        &mut self,
+        index: ConnId,
+        reason: GoAwayReason,
+        retry_after_ms: u32,
+        message: &str,
+    ) {
         let conn = &mut self.conns[index];
         let goaway = Frame::GoAway {
             reason,
-            retry_after_ms: 0,
+            retry_after_ms,
             message,
         };
         conn.link

@@ -55,7 +55,17 @@ impl State {
             let message = "hello claims this node's own id";
             return self.reject_with(index, GoAwayReason::WrongPeer, message);
         }
-        let shared = self.router.peer_shared(&hello.node_id);
+        let Some(shared) = self.router.peer_shared_inbound(&hello.node_id) else {
+            self.counters.peers_refused += 1;
+            tracing::warn!(peer = %hello.node_id, peers_max = self.config.peers_max, "refusing a new peer: peers_max reached");
+            let message = "peers_max reached";
+            return self.refuse(
+                index,
+                GoAwayReason::Overloaded,
+                RETRY_AFTER_FULL_MS,
+                message,
+            );
+        };
         if shared.shard == self.id {
             return self.adopt(index, hello, shared);
         }
@@ -126,3 +136,6 @@ impl State {
         }
     }
 }
+
+/// How long a dialer refused for `peers_max` is asked to wait before it dials again.
+const RETRY_AFTER_FULL_MS: u32 = 5_000;
