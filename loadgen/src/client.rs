@@ -5,7 +5,7 @@
 //! client engines' shards and the threads that publish take the next core.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,7 +16,10 @@ use loadgen::{Counts, LatencyLog, Mode, Report};
 use ringwire::{Confirm, Engine, Error, Handler, MessageId, Peer, PeerConfig, Stats};
 
 use crate::node::{self, ECHO_PREFIX, NodeOptions, Sink};
-use crate::publisher::{publish_flat_out, sample_acks};
+use crate::publisher::{
+    AckSamples, PacedSource, Publisher, SAMPLES_QUEUED, StreamSource, Tally, publish_batches,
+    publish_flat_out, sample_acks,
+};
 use crate::{fanin, pingpong};
 
 /// Where the load goes.
@@ -32,7 +35,11 @@ pub struct Target {
 }
 
 /// Runs the workload and returns its report.
-pub fn run(w: &Workload, target: &Target) -> Result<(Report, Option<Arc<LatencyLog>>), String> {
+pub fn run(
+    w: &Workload,
+    target: &Target,
+    publisher: Publisher,
+) -> Result<(Report, Option<Arc<LatencyLog>>), String> {
     let sink = Arc::new(Sink::default());
     let (server, addr) = match &target.addr {
         None => {
@@ -56,9 +63,14 @@ pub fn run(w: &Workload, target: &Target) -> Result<(Report, Option<Arc<LatencyL
     let outcome = match w.mode {
         Mode::Fanin => fanin::run(w, addr, &target.node_id, load_core)?,
         Mode::Pingpong => pingpong::run(w, addr, &target.node_id, load_core)?,
-        Mode::Throughput | Mode::Latency => {
-            streams(w, addr, &target.node_id, load_core, target.outbox.as_ref())?
-        }
+        Mode::Throughput | Mode::Latency => streams(
+            w,
+            addr,
+            &target.node_id,
+            load_core,
+            target.outbox.as_ref(),
+            publisher,
+        )?,
     };
     let cpu = workload::cpu_time() - t0_cpu;
 
@@ -81,6 +93,9 @@ pub fn run(w: &Workload, target: &Target) -> Result<(Report, Option<Arc<LatencyL
         latency,
         cpu,
     );
+    if matches!(w.mode, Mode::Throughput | Mode::Latency) {
+        report.publisher = Some(publisher.name().to_owned());
+    }
     let mut engine = serde_json::Map::new();
     for (name, value) in &outcome.client_stats {
         engine.insert(format!("client.{name}"), (*value).into());
@@ -142,13 +157,14 @@ fn reach(addr: &str) -> Result<SocketAddr, String> {
     ))
 }
 
-/// Throughput and latency: one client engine per connection.
+/// Throughput and latency: one client engine per connection, each fed by the `publisher`.
 fn streams(
     w: &Workload,
     addr: SocketAddr,
     server_id: &str,
     core: usize,
     outbox: Option<&(std::path::PathBuf, ringwire::SyncPolicy)>,
+    publisher: Publisher,
 ) -> Result<Outcome, String> {
     let echo = w.mode == Mode::Latency;
     let t0 = Instant::now() + SETTLE;
@@ -184,45 +200,89 @@ fn streams(
     wait_connected(&clients, server_id, addr)?;
     workload::sleep_until(t0);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
+    let tally = Arc::new(Tally::default());
     let mut threads = Vec::new();
-    if echo {
-        let (peers, stop, sent, refused) =
-            (peers.clone(), stop.clone(), sent.clone(), refused.clone());
-        let (rate, size) = (w.rate.expect("latency has a rate"), w.size);
-        threads.push(thread::spawn(move || {
-            workload::pin_thread(core);
-            let mut pacer = Pacer::new(rate, t0);
-            let mut k = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let due = pacer.wait_next();
-                let mut payload = BytesMut::zeroed(size);
-                workload::stamp(&mut payload, due);
-                match peers[k % peers.len()].publish(payload.freeze()) {
-                    Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => refused.fetch_add(1, Ordering::Relaxed),
-                };
-                k += 1;
+    let mut sources = 0;
+    match (echo, publisher) {
+        (true, Publisher::Shard) => {
+            let rate = w.rate.expect("latency has a rate");
+            for (i, (client, peer)) in clients.iter().zip(&peers).enumerate() {
+                let source = PacedSource::new(
+                    peer.clone(),
+                    i,
+                    peers.len(),
+                    rate,
+                    t0,
+                    w.size,
+                    w.busy_poll,
+                    Arc::clone(&tally),
+                );
+                client
+                    .add_source(peer, source)
+                    .map_err(|e| format!("adding a source to client engine {i}: {e}"))?;
+                sources += 1;
             }
-        }));
-    } else {
-        let (samples_tx, samples_rx) = mpsc::sync_channel::<(Instant, Confirm)>(SAMPLES_QUEUED);
-        let sampler_log = Arc::clone(&log);
-        threads.push(thread::spawn(move || sample_acks(samples_rx, &sampler_log)));
-        for peer in &peers {
-            let (peer, stop, sent, refused) =
-                (peer.clone(), stop.clone(), sent.clone(), refused.clone());
-            let samples = samples_tx.clone();
-            // One static buffer for every message, as the baselines write one buffer: a
-            // refcounted `Bytes` would add an atomic increment and decrement per message
-            // on a counter shared by the publishing thread and the shard.
-            let payload = Bytes::from_static(Box::leak(vec![0x5a; w.size].into_boxed_slice()));
+        }
+        (true, Publisher::Batch) => {
+            return Err("--publisher batch cannot pace a latency run".into());
+        }
+        (true, Publisher::Thread) => {
+            let (peers, tally) = (peers.clone(), Arc::clone(&tally));
+            let (rate, size) = (w.rate.expect("latency has a rate"), w.size);
             threads.push(thread::spawn(move || {
                 workload::pin_thread(core);
-                publish_flat_out(&peer, &payload, &stop, &sent, &refused, &samples);
+                let mut pacer = Pacer::new(rate, t0);
+                let mut k = 0usize;
+                while !tally.stop.load(Ordering::Relaxed) {
+                    let due = pacer.wait_next();
+                    let mut payload = BytesMut::zeroed(size);
+                    workload::stamp(&mut payload, due);
+                    match peers[k % peers.len()].publish(payload.freeze()) {
+                        Ok(_) => tally.sent.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => tally.refused.fetch_add(1, Ordering::Relaxed),
+                    };
+                    k += 1;
+                }
             }));
+        }
+        (false, Publisher::Thread) => {
+            let (samples_tx, samples_rx) = mpsc::sync_channel::<(Instant, Confirm)>(SAMPLES_QUEUED);
+            let sampler_log = Arc::clone(&log);
+            threads.push(thread::spawn(move || sample_acks(samples_rx, &sampler_log)));
+            for peer in &peers {
+                let (peer, tally) = (peer.clone(), Arc::clone(&tally));
+                let samples = samples_tx.clone();
+                let payload = Bytes::from_static(static_payload(w.size));
+                threads.push(thread::spawn(move || {
+                    workload::pin_thread(core);
+                    publish_flat_out(&peer, &payload, &tally, &samples);
+                }));
+            }
+        }
+        (false, Publisher::Batch) => {
+            for peer in &peers {
+                let (peer, tally) = (peer.clone(), Arc::clone(&tally));
+                let mut samples = AckSamples::new(Arc::clone(&log));
+                let payload = Bytes::from_static(static_payload(w.size));
+                threads.push(thread::spawn(move || {
+                    workload::pin_thread(core);
+                    publish_batches(&peer, &payload, &tally, &mut samples);
+                }));
+            }
+        }
+        (false, Publisher::Shard) => {
+            for (i, (client, peer)) in clients.iter().zip(&peers).enumerate() {
+                let source = StreamSource::new(
+                    peer.clone(),
+                    static_payload(w.size),
+                    Arc::clone(&tally),
+                    Arc::clone(&log),
+                );
+                client
+                    .add_source(peer, source)
+                    .map_err(|e| format!("adding a source to client engine {i}: {e}"))?;
+                sources += 1;
+            }
         }
     }
 
@@ -238,13 +298,24 @@ fn streams(
     } else {
         workload::measure(w, t0, || acked(&clients), Some(&log), || false)
     };
-    stop.store(true, Ordering::Relaxed);
+    tally.stop.store(true, Ordering::Relaxed);
     for t in threads.drain(..) {
         // A publisher that panicked is a bug in loadgen; report it rather than hide it.
         t.join().map_err(|_| "a load thread panicked".to_string())?;
     }
+    // A source stops at its next poll (at once, or at its next due time), and its shard
+    // then drops it; only after that is `sent` final.
+    let deadline = Instant::now() + SOURCE_STOP_TIMEOUT;
+    while tally.sources_done.load(Ordering::Acquire) < sources {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "a source on a client shard did not stop within {SOURCE_STOP_TIMEOUT:?}"
+            ));
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
     // Let what was accepted finish: every message acknowledged, every echo back.
-    let sent = sent.load(Ordering::Relaxed);
+    let sent = tally.sent.load(Ordering::Relaxed);
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while Instant::now() < deadline
         && (acked(&clients) < sent || (echo && echoes.count.load(Ordering::Relaxed) < sent))
@@ -273,9 +344,17 @@ fn streams(
         latency_kind: if echo { "round_trip" } else { "publish_to_ack" },
         latency: Some(log),
         client_stats: stats,
-        backpressure: refused.load(Ordering::Relaxed),
+        backpressure: tally.refused.load(Ordering::Relaxed),
         round_trips: echo.then_some(round_trips),
     })
+}
+
+/// The payload of every message of a throughput run, one static buffer as the baselines write
+/// one buffer: a refcounted `Bytes` would add an atomic increment and decrement per message on
+/// a counter shared by the publishing thread and the shard. Leaked: it lives as long as the
+/// run, which is as long as the process.
+fn static_payload(size: usize) -> &'static [u8] {
+    Box::leak(vec![0x5a; size].into_boxed_slice())
 }
 
 /// The client handler in latency mode: every echo carries its send time.
@@ -369,7 +448,8 @@ fn check_delivery(
     }
 }
 
-const SAMPLES_QUEUED: usize = 4096;
+/// How long a source may take to see the stop flag and be dropped by its shard.
+const SOURCE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time between connecting and starting the load, so the first samples are not connects.
 pub(crate) const SETTLE: Duration = Duration::from_millis(20);
 const REACH_TIMEOUT: Duration = Duration::from_secs(3);

@@ -39,6 +39,10 @@ pub struct Report {
     /// without an outbox (and for the baselines).
     #[serde(default)]
     pub outbox: Option<String>,
+    /// How the client engines published (`--publisher`: `shard`, `batch` or `thread`), or
+    /// `null` for the workloads without that choice (fanin, pingpong) and for the baselines.
+    #[serde(default)]
+    pub publisher: Option<String>,
     /// Length of the measured window.
     pub duration_s: f64,
     pub warmup_s: f64,
@@ -142,9 +146,13 @@ impl Report {
         let rate = self
             .rate
             .map_or(String::new(), |r| format!(", offered {r} msgs/s"));
+        let publisher = self
+            .publisher
+            .as_ref()
+            .map_or(String::new(), |p| format!(", publisher {p}"));
         let _ = writeln!(
             s,
-            "{} {}: {} B × {} conns, {:.1} s measured after {:.1} s warm-up{rate}",
+            "{} {}: {} B × {} conns, {:.1} s measured after {:.1} s warm-up{rate}{publisher}",
             self.stack,
             format!("{:?}", self.mode).to_lowercase(),
             self.size,
@@ -400,6 +408,7 @@ impl Report {
             shards,
             busy_poll: w.busy_poll,
             outbox: None,
+            publisher: None,
             duration_s: window.seconds(),
             warmup_s: w.warmup.as_secs_f64(),
             sent: counts.sent,

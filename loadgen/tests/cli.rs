@@ -50,6 +50,7 @@ fn throughput_acks_everything_it_sends() {
     assert_eq!(r["mode"], "throughput");
     assert_eq!(r["size"], 100);
     assert_eq!(r["completed"], "acked");
+    assert_eq!(r["publisher"], "thread");
     let sent = u(&r, "sent");
     assert!(sent > 0);
     assert_eq!(u(&r, "acked"), sent);
@@ -58,6 +59,28 @@ fn throughput_acks_everything_it_sends() {
     for key in ["p50", "p90", "p99", "p999", "max"] {
         assert!(r["latency_us"][key].as_f64().is_some(), "latency_us.{key}");
     }
+    assert_eq!(r["engine"]["server.msgs_received"], sent);
+}
+
+#[test]
+fn shard_publisher_acks_everything_it_sends() {
+    throughput_with("shard");
+}
+
+#[test]
+fn batch_publisher_acks_everything_it_sends() {
+    throughput_with("batch");
+}
+
+/// Runs a short throughput workload with `--publisher` and checks the counts: everything sent
+/// was acknowledged and received, exactly.
+fn throughput_with(publisher: &str) {
+    let r = report(&["--mode", "throughput", "--publisher", publisher]);
+    assert_eq!(r["publisher"], publisher);
+    let sent = u(&r, "sent");
+    assert!(sent > 0);
+    assert_eq!(u(&r, "acked"), sent);
+    assert_eq!(u(&r, "received"), sent);
     assert_eq!(r["engine"]["server.msgs_received"], sent);
 }
 
@@ -77,9 +100,30 @@ fn latency_round_trips_every_message() {
 }
 
 #[test]
+fn latency_from_shard_sources_round_trips_every_message() {
+    let r = report(&[
+        "--mode",
+        "latency",
+        "--rate",
+        "2000",
+        "--conns",
+        "2",
+        "--publisher",
+        "shard",
+    ]);
+    assert_eq!(r["publisher"], "shard");
+    let sent = u(&r, "sent");
+    assert!(sent > 0);
+    assert_eq!(r["engine"]["round_trips"], sent);
+    assert_eq!(u(&r, "received"), sent);
+    assert!(u(&r["latency_us"], "count") > 0);
+}
+
+#[test]
 fn fanin_keeps_every_connection_in_its_loop() {
     let r = report(&["--mode", "fanin", "--conns", "50"]);
     assert_eq!(r["conns"], 50);
+    assert_eq!(r["publisher"], Value::Null);
     assert_eq!(r["engine"]["server.connects"], 50);
     let sent = u(&r, "sent");
     assert!(sent >= 50, "each connection sent at least once");
@@ -205,6 +249,15 @@ fn bad_flags_are_usage_errors() {
         (
             &["--mode", "pingpong", "--outbox", "/tmp/x"][..],
             "--outbox applies",
+        ),
+        (&["--publisher", "carrier-pigeon"][..], "invalid value"),
+        (
+            &["--mode", "latency", "--publisher", "batch"][..],
+            "throughput mode",
+        ),
+        (
+            &["--mode", "fanin", "--publisher", "shard"][..],
+            "--publisher applies",
         ),
     ] {
         let out = loadgen(args);
