@@ -4,6 +4,10 @@
 # docs/benchmarks.md: medians, ratios to each baseline, the bars, the machine, the exact
 # commands and the charts (docs/bench/*.svg).
 #
+# 64 B throughput also runs loadgen with each `--publisher` besides the default (thread): batch
+# (`publish_batch` of 64 from a thread) and shard (a `Source` on the client's shard), as rows
+# `ringwire-batch` and `ringwire-shard` of that table.
+#
 # Also the durable outbox (ringwire only): the 64 B throughput run without an outbox, with one
 # synced `none` and `always`, and the time to recover a 1 GiB outbox (bench's `recovery`).
 #
@@ -43,6 +47,8 @@ WORKLOADS=(
   "pp64busy|--mode pingpong --size 64 --busy-poll"
 )
 STACKS=(ringwire std tokio tokio-uring)
+# loadgen --publisher values run beside the default (thread) in tp64, as stacks ringwire-<value>.
+PUBLISHERS=(batch shard)
 # variant|flags — the durable outbox rows, all 64 B throughput through loadgen.
 DURABLE=(
   "memory|--mode throughput --size 64"
@@ -105,6 +111,13 @@ for run in $(seq 1 "$RUNS"); do
         rm -f "$json"
       fi
     done
+    if [[ $name == tp64 ]]; then
+      for publisher in "${PUBLISHERS[@]}"; do
+        # shellcheck disable=SC2086
+        run_one "$name" "ringwire-$publisher" "$run" $LOADGEN run $flags --publisher "$publisher" \
+          --duration "$DURATION" --warmup "$WARMUP"
+      done
+    fi
   done
   if [[ -z $ONLY || $ONLY == dur64 ]]; then
     for entry in "${DURABLE[@]}"; do

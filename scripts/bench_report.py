@@ -17,6 +17,11 @@ RAW, LOADGEN, RUNS, DURATION, WARMUP = sys.argv[1:6]
 DOC = "docs/benchmarks.md"
 CHARTS = "docs/bench"
 STACKS = ["ringwire", "std", "tokio", "tokio-uring"]
+# loadgen --publisher variants run in tp64 beside the default (thread), which is "ringwire".
+PUBLISHER_ROWS = {
+    "ringwire-batch": "ringwire, `--publisher batch`",
+    "ringwire-shard": "ringwire, `--publisher shard`",
+}
 WORKLOADS = {
     "tp64": "throughput, 64 B, one way (ringwire, tokio, tokio-uring: every message acked; std: no acks)",
     "tp1k": "throughput, 1 KiB, one way (acked likewise)",
@@ -67,6 +72,21 @@ def fmt(v, unit=""):
 
 def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
+
+
+def rows_of(workload):
+    """The stacks with a row in a workload's table, in order: tp64 adds the publishers."""
+    if workload == "tp64":
+        return ["ringwire", *PUBLISHER_ROWS, *STACKS[1:]]
+    return STACKS
+
+
+def row_label(workload, stack):
+    if stack in PUBLISHER_ROWS:
+        return PUBLISHER_ROWS[stack]
+    if workload == "tp64" and stack == "ringwire":
+        return "ringwire, `--publisher thread`"
+    return stack
 
 
 def durable_section(results, m, w):
@@ -149,8 +169,8 @@ def main():
       "See `bench/src/` for exactly what each baseline does, and docs/loadgen.md for the "
       "workloads.")
     w("- Reproduce: `scripts/bench-report.sh` (about "
-      f"{(len(WORKLOADS) * len(STACKS) + 5) * int(RUNS)} runs), or any single command listed "
-      "below.")
+      f"{(len(WORKLOADS) * len(STACKS) + len(PUBLISHER_ROWS) + 5) * int(RUNS)} runs), or any "
+      "single command listed below.")
     w("")
 
     # The bars.
@@ -172,6 +192,22 @@ def main():
     x = ratio(r_tp, s_tp)
     bar("throughput 64 B", "≥ 50% of raw TCP msgs/s",
         f"{fmt(r_tp)} vs {fmt(s_tp)} = {x:.0%}" if x else "—", None if x is None else x >= 0.5)
+    # Publishing paths (issue 9): each against the tokio-uring baseline, the shard also against
+    # tokio with its codec.
+    for stack, label, floors in (
+            ("ringwire-shard", "produced on the shard",
+             (("tokio-uring", 1.0, "≥ 1.0× `baseline --stack tokio-uring` msgs/s"),
+              ("tokio", 2.0, "≥ 2× tokio+codec msgs/s"))),
+            ("ringwire-batch", "publish_batch of 64 from another thread",
+             (("tokio-uring", 0.6, "≥ 0.6× tokio-uring baseline msgs/s"),)),
+            ("ringwire", "plain publish from another thread",
+             (("tokio-uring", 0.4, "≥ 0.4× tokio-uring baseline msgs/s"),))):
+        a = m("tp64", stack, lambda r: r["msgs_per_s"])
+        for base, floor, text in floors:
+            b = m("tp64", base, lambda r: r["msgs_per_s"])
+            x = ratio(a, b)
+            bar(f"64 B acked, {label}", text, f"{fmt(a)} vs {fmt(b)} = {x:.2f}×" if x else "—",
+                None if x is None else x >= floor)
     r_1k = m("tp1k", "ringwire", lambda r: r["mb_per_s"])
     s_1k = m("tp1k", "std", lambda r: r["mb_per_s"])
     x = ratio(r_1k, s_1k)
@@ -221,25 +257,26 @@ def main():
 
     # Per-workload tables.
     for workload, title in WORKLOADS.items():
-        if not any((workload, s) in results for s in STACKS):
+        if not any((workload, s) in results for s in rows_of(workload)):
             continue
         w(f"## {title}")
         w("")
         w("| stack | msgs/s | MB/s | p50 µs | p99 µs | p99.9 µs | CPU s | ringwire ÷ stack |")
         w("|---|---|---|---|---|---|---|---|")
         base = m(workload, "ringwire", lambda r: r["msgs_per_s"])
-        for stack in STACKS:
+        for stack in rows_of(workload):
+            label = row_label(workload, stack)
             reports = results.get((workload, stack))
             if not reports:
                 why = "not supported" if os.path.exists(
                     os.path.join(RAW, f"{workload}.{stack}.unsupported")) else "no run finished"
-                w(f"| {stack} | {why} | | | | | | |")
+                w(f"| {label} | {why} | | | | | | |")
                 continue
             rates = [r["msgs_per_s"] for r in reports]
             rate = statistics.median(rates)
             kind = reports[0].get("latency_kind") or ""
             note = " (publish→ack)" if kind == "publish_to_ack" else ""
-            if stack == "ringwire":
+            if stack.startswith("ringwire"):
                 rel = ""
             elif workload.startswith(("lat", "pp")):
                 # Latency workloads all carry the offered rate, and a ping-pong's rate is its
@@ -249,7 +286,7 @@ def main():
             else:
                 x = ratio(base, rate)
                 rel = f"{x:.2f}×" if x else ""
-            w(f"| {stack} | {fmt(rate)} [{fmt(min(rates))}–{fmt(max(rates))}] "
+            w(f"| {label} | {fmt(rate)} [{fmt(min(rates))}–{fmt(max(rates))}] "
               f"| {fmt(m(workload, stack, lambda r: r['mb_per_s']))} "
               f"| {fmt(m(workload, stack, lat('p50')))}{note} "
               f"| {fmt(m(workload, stack, lat('p99')))} "
@@ -257,7 +294,7 @@ def main():
               f"| {fmt(m(workload, stack, lambda r: r['cpu_s']))} | {rel} |")
         w("")
         # Charts from the median run of each stack.
-        medians = [(s, median_run(results[(workload, s)])) for s in STACKS
+        medians = [(s, median_run(results[(workload, s)])) for s in rows_of(workload)
                    if (workload, s) in results]
         paths = []
         for stack, report in medians:
