@@ -185,6 +185,12 @@ impl Connection {
         if let State::Established(e) = &mut self.core.state {
             e.heartbeat.handle_rx(now);
         }
+        if let (Err(_), State::Closing(_)) = (&result, &self.core.state) {
+            // A CLOSE or GOAWAY ended the connection earlier in this input: what follows it is
+            // not the peer's protocol any more and is ignored, whether it arrived in the same
+            // read or a later one.
+            return Ok(());
+        }
         result.inspect_err(|err| self.core.fail(err.clone()))
     }
 
@@ -413,6 +419,7 @@ impl Core {
                     retry_after_ms,
                     message,
                 } => {
+                    Self::ack_before_close(e, sessions, &mut self.pending);
                     self.state = State::Closing(CloseCause::GoAwayReceived {
                         reason,
                         retry_after_ms,
@@ -421,6 +428,7 @@ impl Core {
                     Ok(())
                 }
                 Frame::Close => {
+                    Self::ack_before_close(e, sessions, &mut self.pending);
                     self.state = State::Closing(CloseCause::CloseReceived);
                     Ok(())
                 }
@@ -431,6 +439,18 @@ impl Core {
                     })
                 }
             },
+        }
+    }
+
+    /// A received CLOSE or GOAWAY ends the connection: acknowledge what was delivered before
+    /// it, so the sender learns it now, whatever the ACK policy's timing would have said.
+    fn ack_before_close(e: &mut Established, sessions: &Sessions, pending: &mut Vec<u8>) {
+        if e.ack.poll_timeout().is_some() {
+            Frame::Ack {
+                seq: sessions.rx.seq_delivered(),
+            }
+            .encode(pending);
+            e.ack.handle_sent();
         }
     }
 
@@ -573,6 +593,32 @@ mod tests {
         da.handle_bytes(&mut a, &ack, t0, &mut log2).unwrap();
         assert_eq!(log2.acked, [2, 4]);
         assert_eq!(a.tx.unacked_count(), 0);
+    }
+
+    #[test]
+    fn a_close_after_messages_acknowledges_them_and_ends_decoding() {
+        let t0 = Instant::now();
+        let mut a = Sessions::new(SessionId(Uuid::from_u128(1)));
+        let mut b = Sessions::new(SessionId(Uuid::from_u128(2)));
+        let mut log = Log::default();
+        let (mut da, mut ab) = connect(&mut a, &mut b, t0, &mut log);
+        for i in 1..=3u64 {
+            a.tx.push(Seq(i), &[i as u8], 0);
+        }
+        let mut bytes = transmit(&mut da, &mut a, t0);
+        Frame::Close.encode(&mut bytes);
+        // Garbage after the CLOSE is not the peer's protocol any more: ignored, not an error.
+        bytes.extend_from_slice(&[0xFF; 8]);
+        ab.handle_bytes(&mut b, &bytes, t0, &mut log).unwrap();
+        assert_eq!(log.messages.len(), 3);
+        assert_eq!(ab.close_cause(), Some(&CloseCause::CloseReceived));
+        let reply = transmit(&mut ab, &mut b, t0);
+        da.handle_bytes(&mut a, &reply, t0, &mut log).unwrap();
+        assert_eq!(
+            a.tx.seq_acked(),
+            Seq(3),
+            "the messages before the CLOSE were acknowledged"
+        );
     }
 
     #[test]
