@@ -90,6 +90,8 @@ pub struct TxSession {
     cursor: usize,
     cursor_offset: usize,
     seq_sent: Seq,
+    /// Bytes of `segments[cursor..]` not yet transmitted (kept so flow control is O(1)).
+    unsent_sealed: usize,
     /// Payload bytes of the messages whose segments are not freed yet.
     payload_len: usize,
     /// Session buffer window: `(s, t)` means every message up to `s` was pushed by `t`; coarse,
@@ -120,6 +122,7 @@ impl TxSession {
             cursor: 0,
             cursor_offset: 0,
             seq_sent: acked,
+            unsent_sealed: 0,
             payload_len: 0,
             pushed_at: VecDeque::new(),
             window_reported: acked,
@@ -201,6 +204,7 @@ impl TxSession {
     ) -> Result<Acked, ProtocolError> {
         self.cursor = 0;
         self.cursor_offset = 0;
+        self.unsent_sealed = self.segments.iter().map(Segment::len).sum();
         let mut acked = Acked {
             through: self.acked,
             ..Acked::default()
@@ -234,6 +238,7 @@ impl TxSession {
             && let Some(segment) = self.segments.get(self.cursor)
         {
             added += segment.len() - self.cursor_offset;
+            self.unsent_sealed -= segment.len() - self.cursor_offset;
             out.extend(segment.slices_from(self.cursor_offset));
             count += segment.last.0 - self.seq_sent.0;
             self.seq_sent = segment.last;
@@ -248,6 +253,7 @@ impl TxSession {
         self.cursor = 0;
         self.cursor_offset = 0;
         self.seq_sent = self.acked;
+        self.unsent_sealed = self.segments.iter().map(Segment::len).sum();
         self.skip_acknowledged();
     }
 
@@ -263,6 +269,7 @@ impl TxSession {
         self.seq_sent = self.acked;
         self.cursor = 0;
         self.cursor_offset = 0;
+        self.unsent_sealed = 0;
         self.payload_len = 0;
         self.pushed_at.clear();
         count
@@ -355,12 +362,16 @@ impl TxSession {
 
     /// Encoded bytes not yet handed to the connection.
     pub fn unsent_len(&self) -> usize {
-        let sealed: usize = self
-            .segments
-            .range(self.cursor.min(self.segments.len())..)
-            .map(Segment::len)
-            .sum();
-        self.open.len() + sealed - self.cursor_offset
+        debug_assert_eq!(
+            self.unsent_sealed,
+            self.segments
+                .range(self.cursor.min(self.segments.len())..)
+                .map(Segment::len)
+                .sum::<usize>()
+                - self.cursor_offset,
+            "unsent bytes tracked incrementally"
+        );
+        self.open.len() + self.unsent_sealed
     }
 
     /// Whether nothing is held: no unacknowledged message and no buffer kept for new ones.
@@ -394,6 +405,7 @@ impl TxSession {
         let last = Seq(self.seq_next.0 - 1);
         debug_assert!(self.open_first <= last, "sealing an empty segment");
         self.payload_len += self.open_payload_len;
+        self.unsent_sealed += head.len() + tail.len();
         self.segments.push_back(Segment {
             head,
             tail,
@@ -434,6 +446,8 @@ impl TxSession {
             acked.weight += segment.weight;
             self.payload_len -= segment.payload_len;
             if self.cursor == 0 {
+                // Freed before it went out on this connection (a resume point covered it).
+                self.unsent_sealed -= segment.len() - self.cursor_offset;
                 self.cursor_offset = 0;
             } else {
                 self.cursor -= 1;
@@ -464,6 +478,7 @@ impl TxSession {
             seq = seq.next();
         }
         self.cursor_offset = offset;
+        self.unsent_sealed -= offset;
     }
 
     fn prune_pushed_at(&mut self) {
@@ -618,6 +633,7 @@ mod tests {
     fn transmit(tx: &mut TxSession) -> Vec<(u64, Option<usize>)> {
         let mut out = Vec::new();
         tx.poll_transmit(usize::MAX, &mut out);
+        assert_eq!(tx.unsent_len(), 0, "everything went out");
         decode(&out)
     }
 

@@ -15,6 +15,7 @@ use crate::sync::Ordering;
 
 use super::State;
 use super::peer::flow_limits;
+use super::slots::PeerIndex;
 use super::window::window_grain;
 
 /// A registered source and when it wants to be polled.
@@ -52,7 +53,10 @@ impl State {
         let now = self.now;
         for slot in &mut sources {
             if slot.is_due(now) {
-                let mut local = LocalCtx { st: self };
+                let mut local = LocalCtx {
+                    st: self,
+                    last_peer: None,
+                };
                 slot.poll = slot.source.poll(&mut ShardCtx::new(&mut local));
             }
         }
@@ -103,6 +107,9 @@ impl State {
 /// The shard behind a source's [`ShardCtx`].
 struct LocalCtx<'a> {
     st: &'a mut State,
+    /// The peer published to last (its engine-wide key and slot): a source usually publishes
+    /// many messages to one peer, and this skips the table lookup for all but the first.
+    last_peer: Option<(u32, PeerIndex)>,
 }
 
 impl LocalPublish for LocalCtx<'_> {
@@ -124,7 +131,14 @@ impl LocalPublish for LocalCtx<'_> {
                 len_max,
             });
         }
-        let index = st.ensure_peer(shared);
+        let index = match self.last_peer {
+            Some((key, index)) if key == shared.key => index,
+            _ => {
+                let index = st.ensure_peer(shared);
+                self.last_peer = Some((shared.key, index));
+                index
+            }
+        };
         let ps = &mut st.peers[index];
         if ps.recovered.len() > 0 {
             // Recovered messages precede every new one; the drain keeps that order.
