@@ -41,25 +41,87 @@ use crate::sync::{AtomicBool, Ordering};
 #[test]
 fn loom_queue_two_producers_one_consumer() {
     check(Some(3), || {
-        let queue = Arc::new(PeerQueue::new(2));
-        let producers: Vec<_> = [vec![0, 1], vec![2]]
-            .into_iter()
-            .map(|tags| {
-                let queue = Arc::clone(&queue);
-                thread::spawn(move || {
-                    tags.into_iter()
-                        .map(|tag| (tag, queue.push(message(tag))))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let consumer = {
-            let queue = Arc::clone(&queue);
-            thread::spawn(move || (0..2).filter_map(|_| queue.pop()).collect::<Vec<_>>())
-        };
-        let pushes = producers.into_iter().map(join).collect();
-        let popped = join(consumer);
-        check_queue(&queue, 2, pushes, popped);
+        queue_model(
+            2,
+            &[&[Produce::Push(0), Produce::Push(1)], &[Produce::Push(2)]],
+            &[Consume::Pop, Consume::Pop],
+        );
+    });
+}
+
+/// A batch of two races a single push for the two slots while the consumer pops: the batch
+/// fits only into an empty queue, so either producer may be refused; an accepted batch takes
+/// both slots with one reservation, so a full-queue check on the wrong slot overwrites the
+/// single push's value.
+#[test]
+fn loom_queue_batch_and_push_two_slots() {
+    check(Some(3), || {
+        queue_model(
+            2,
+            &[&[Produce::Batch(&[0, 1])], &[Produce::Push(2)]],
+            &[Consume::Pop, Consume::Pop],
+        );
+    });
+}
+
+/// Two batches of two and a single push race for four slots while the consumer pops: five
+/// messages, so the second batch may find one slot free but not two and must then be refused
+/// whole, and a batch that wraps (positions 3 and 4) relies on the consumer having freed the
+/// first slot of the ring.
+#[test]
+fn loom_queue_batches_and_push_four_slots() {
+    check(Some(2), || {
+        queue_model(
+            4,
+            &[
+                &[Produce::Batch(&[0, 1]), Produce::Batch(&[2, 3])],
+                &[Produce::Push(4)],
+            ],
+            &[Consume::Pop, Consume::Pop],
+        );
+    });
+}
+
+/// The shard takes positions for messages it publishes itself (`claim_consumed`, as
+/// `shard/source.rs` does) around its pops while a producer pushes into two slots: claims and
+/// pushes share one sequence, a claim never overtakes a pushed message the shard has not popped
+/// (not even one whose producer has not finished writing it), and the producer's second lap
+/// lands in slots that claims freed.
+///
+/// The shard never claims, pops and claims again here: a push after that can read the tail
+/// the second claim advanced with the head and stamp from before the pop, a stale view that
+/// `push` retries without a spin hint, so loom, which has no eventual visibility, spins on it
+/// forever (three producers reach the same view without claims). The next model covers that
+/// order with a batch, whose full-queue check refuses on such a view instead.
+#[test]
+fn loom_queue_claims_between_pops() {
+    check(Some(5), || {
+        queue_model(
+            2,
+            &[&[Produce::Push(0), Produce::Push(1)]],
+            &[
+                Consume::Pop,
+                Consume::Claim,
+                Consume::Claim,
+                Consume::Pop,
+                Consume::Pop,
+            ],
+        );
+    });
+}
+
+/// A producer pushes, then reserves two positions for a batch, while the shard claims and pops
+/// in turn in a two-slot queue: the batch fits only into an empty queue, races the claims for
+/// the tail, and wraps into slots that a claim and a pop freed, trusting the claim's stamp
+/// (the last slot's) to publish the pop before it.
+#[test]
+fn loom_queue_claims_and_batch() {
+    check(Some(5), || {
+        queue_model(
+            2,
+            &[&[Produce::Push(0), Produce::Batch(&[1, 2])]],
+            &[Consume::Claim, Consume::Pop, Consume::Claim, Consume::Pop],
+        );
     });
 }
 
@@ -80,12 +142,12 @@ fn loom_queue_exclusive_producers_one_consumer() {
                         .map(|tag| {
                             let _appender = lock.lock().expect("no model thread panics");
                             if !queue.has_room_exclusive() {
-                                return (tag, Err(message(tag)));
+                                return Offer::refused(vec![tag], vec![tag]);
                             }
                             // As `push_durable`: the position is read before the push.
                             let position = queue.pushed();
                             assert_eq!(queue.push_exclusive(message(tag)), position);
-                            (tag, Ok(position))
+                            Offer::accepted(vec![tag], position)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -93,11 +155,11 @@ fn loom_queue_exclusive_producers_one_consumer() {
             .collect();
         let consumer = {
             let queue = Arc::clone(&queue);
-            thread::spawn(move || (0..2).filter_map(|_| queue.pop()).collect::<Vec<_>>())
+            thread::spawn(move || consume(&queue, &[Consume::Pop, Consume::Pop]))
         };
-        let pushes = producers.into_iter().map(join).collect();
-        let popped = join(consumer);
-        check_queue(&queue, 2, pushes, popped);
+        let offers = producers.into_iter().map(join).collect();
+        let taken = join(consumer);
+        check_queue(&queue, 2, offers, taken);
     });
 }
 
@@ -241,54 +303,157 @@ fn wakes_up(mailbox: &Mailbox, sleep: Sleep) -> bool {
     }
 }
 
-/// Checks a queue model's outcome: every accepted message is taken once, at the position its
-/// push returned and in position order; a refused one is handed back intact, and only when
-/// `capacity` messages were accepted (the queue was really full).
+/// A queue model: each of `producers` runs its calls in its own thread while the consumer
+/// runs `turns`, then [`check_queue`] judges the outcome.
+fn queue_model(capacity: usize, producers: &[&[Produce]], turns: &'static [Consume]) {
+    let queue = Arc::new(PeerQueue::new(capacity));
+    let producers: Vec<_> = producers
+        .iter()
+        .map(|calls| {
+            let queue = Arc::clone(&queue);
+            let calls = calls.to_vec();
+            thread::spawn(move || {
+                calls
+                    .into_iter()
+                    .map(|call| produce(&queue, call))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let consumer = {
+        let queue = Arc::clone(&queue);
+        thread::spawn(move || consume(&queue, turns))
+    };
+    let offers = producers.into_iter().map(join).collect();
+    let taken = join(consumer);
+    check_queue(&queue, capacity, offers, taken);
+}
+
+/// Makes one producer call, and checks what an accepted or refused batch leaves in its `Vec`.
+fn produce(queue: &PeerQueue, call: Produce) -> Offer {
+    match call {
+        Produce::Push(tag) => match queue.push(message(tag)) {
+            Ok(position) => Offer::accepted(vec![tag], position),
+            Err(back) => Offer::refused(vec![tag], vec![tag_of(&back)]),
+        },
+        Produce::Batch(tags) => {
+            let mut payloads = tags.iter().map(|&tag| message(tag).payload).collect();
+            let first = queue.push_batch(&mut payloads);
+            let left: Vec<u8> = payloads.iter().map(|payload| payload[0]).collect();
+            match first {
+                Some(first) => {
+                    assert!(left.is_empty(), "an accepted batch left payloads behind");
+                    Offer::accepted(tags.to_vec(), first)
+                }
+                None => Offer::refused(tags.to_vec(), left),
+            }
+        }
+    }
+}
+
+/// Runs the consumer's `turns`, returning what each successful one took: a popped message's
+/// position and tag, or a claimed position with no tag.
+fn consume(queue: &PeerQueue, turns: &[Consume]) -> Vec<(u64, Option<u8>)> {
+    turns
+        .iter()
+        .filter_map(|turn| match turn {
+            Consume::Pop => queue
+                .pop()
+                .map(|(position, outgoing)| (position, Some(tag_of(&outgoing)))),
+            Consume::Claim => queue.claim_consumed().map(|position| (position, None)),
+        })
+        .collect()
+}
+
+/// Checks a queue model's outcome, after the consumer pops what is left:
+///
+/// - Every position handed out (`pushed()` of them, by producers and by claims) is taken once
+///   and in order, so a claim never comes before a pushed message below it.
+/// - Each accepted message is popped at its position: a batch's at consecutive positions from
+///   the one it returned. Nothing else is popped.
+/// - A refused call hands back exactly what it offered, and only when the queue had no room:
+///   the refusing producer saw a tail at least `capacity - len + 1` above a head, so at least
+///   that many positions went to others or to this producer's earlier calls. (A weak memory
+///   model lets the producer see a stale head, so positions, not messages still queued in
+///   real time, are what a refusal can be held to.)
+/// - The ring is not left wedged: once drained it takes `capacity` more pushes, the next lap.
 fn check_queue(
     queue: &PeerQueue,
     capacity: usize,
-    pushes: Vec<Vec<(u8, Result<u64, Outgoing>)>>,
-    mut popped: Vec<(u64, Outgoing)>,
+    offers: Vec<Vec<Offer>>,
+    mut taken: Vec<(u64, Option<u8>)>,
 ) {
-    popped.extend(std::iter::from_fn(|| queue.pop()));
-    let mut accepted = Vec::new();
-    let mut refused = 0;
-    for thread in pushes {
+    taken.extend(
+        std::iter::from_fn(|| queue.pop())
+            .map(|(position, outgoing)| (position, Some(tag_of(&outgoing)))),
+    );
+    let handed_out = queue.pushed();
+    assert_eq!(
+        taken
+            .iter()
+            .map(|(position, _)| *position)
+            .collect::<Vec<_>>(),
+        (0..handed_out).collect::<Vec<_>>(),
+        "every position taken once, in order"
+    );
+    let mut expected: Vec<(u64, Option<u8>)> = taken
+        .iter()
+        .filter(|(_, tag)| tag.is_none())
+        .copied()
+        .collect();
+    for (thread, calls) in offers.iter().enumerate() {
         let mut last = None;
-        for (tag, result) in thread {
-            match result {
-                Ok(position) => {
-                    assert!(
-                        last < Some(position),
-                        "one producer's positions go backwards"
+        for (index, offer) in calls.iter().enumerate() {
+            match &offer.result {
+                Ok(first) => {
+                    assert!(last < Some(*first), "one producer's positions go backwards");
+                    last = Some(*first);
+                    expected.extend(
+                        (*first..)
+                            .zip(&offer.tags)
+                            .map(|(position, tag)| (position, Some(*tag))),
                     );
-                    last = Some(position);
-                    accepted.push((position, tag));
                 }
                 Err(back) => {
                     assert_eq!(
-                        tag_of(&back),
-                        tag,
-                        "a refused push handed back another value"
+                        *back, offer.tags,
+                        "a refused call handed back another value"
                     );
-                    refused += 1;
+                    let later: usize = calls[index + 1..]
+                        .iter()
+                        .filter(|later| later.result.is_ok())
+                        .map(|later| later.tags.len())
+                        .sum();
+                    let before = handed_out as usize - later;
+                    assert!(
+                        before + offer.tags.len() > capacity,
+                        "thread {thread}'s call {index} was refused with room in the queue"
+                    );
                 }
             }
         }
     }
-    accepted.sort_unstable();
-    let taken: Vec<(u64, u8)> = popped
-        .iter()
-        .map(|(position, outgoing)| (*position, tag_of(outgoing)))
-        .collect();
+    expected.sort_unstable();
     assert_eq!(
-        taken, accepted,
-        "taken once each, at its position, in order"
+        taken, expected,
+        "each accepted message popped once, at its position"
     );
-    assert!(
-        refused == 0 || accepted.len() >= capacity,
-        "a push was refused with room in the queue"
-    );
+    for tag in 0..capacity as u8 {
+        assert_eq!(
+            queue.push(message(tag)).ok(),
+            Some(handed_out + u64::from(tag)),
+            "the drained queue refused the next lap"
+        );
+    }
+    for tag in 0..capacity as u8 {
+        assert_eq!(
+            queue
+                .pop()
+                .map(|(position, outgoing)| (position, tag_of(&outgoing))),
+            Some((handed_out + u64::from(tag), tag)),
+            "the next lap popped out of order"
+        );
+    }
 }
 
 /// Runs the model `f` with at most `preemption_bound` preemptions per execution (`None`: no
@@ -316,6 +481,48 @@ fn tag_of(outgoing: &Outgoing) -> u8 {
     outgoing.payload[0]
 }
 
+/// A producer call in a queue model.
+#[derive(Debug, Clone, Copy)]
+enum Produce {
+    /// `push` one message with this tag.
+    Push(u8),
+    /// `push_batch` messages with these tags.
+    Batch(&'static [u8]),
+}
+
+/// A consumer turn in a queue model.
+#[derive(Debug, Clone, Copy)]
+enum Consume {
+    /// `pop` the next message.
+    Pop,
+    /// `claim_consumed` the next position for a message the shard publishes itself.
+    Claim,
+}
+
+/// What one producer call offered (its messages' tags) and got: the first position, or the
+/// tags of what it handed back.
+#[derive(Debug)]
+struct Offer {
+    tags: Vec<u8>,
+    result: Result<u64, Vec<u8>>,
+}
+
+impl Offer {
+    fn accepted(tags: Vec<u8>, first: u64) -> Offer {
+        Offer {
+            tags,
+            result: Ok(first),
+        }
+    }
+
+    fn refused(tags: Vec<u8>, back: Vec<u8>) -> Offer {
+        Offer {
+            tags,
+            result: Err(back),
+        }
+    }
+}
+
 /// How the shard thread of a model ended.
 #[derive(Debug, Clone, Copy)]
 enum Sleep {
@@ -325,7 +532,7 @@ enum Sleep {
     Awake,
 }
 
-static TAGS: [u8; 4] = [0, 1, 2, 3];
+static TAGS: [u8; 5] = [0, 1, 2, 3, 4];
 
 /// Turns (drain, then try to park) the shard thread runs within a model.
 const SHARD_TURNS: usize = 2;
