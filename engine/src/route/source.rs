@@ -62,7 +62,8 @@ impl<'a> ShardCtx<'a> {
     ///
     /// # Errors
     ///
-    /// [`Error::Backpressure`] (with a copy of the payload) when the peer holds as many
+    /// [`Error::Backpressure`] (carrying an empty payload: `payload` is still the caller's)
+    /// when the peer holds as many
     /// unacknowledged messages or bytes as its flow limits allow, [`Error::PayloadTooLarge`],
     /// [`Error::ShuttingDown`], and the errors of [`Peer::publish`] on the fallback path.
     pub fn publish(&mut self, peer: &Peer, payload: &[u8]) -> Result<MessageId, Error> {

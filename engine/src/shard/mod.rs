@@ -288,7 +288,12 @@ impl Shard {
         let spin = self.st.config.idle_spin;
         if !spin.is_zero() {
             self.ring.submit(false, None)?;
-            let until = self.st.now + spin;
+            // Spin no longer than until the next timer or source poll is due: that turn must
+            // run on time, not at the end of the spin.
+            let until = match self.st.next_timer() {
+                Some(at) => at.min(self.st.now + spin),
+                None => self.st.now + spin,
+            };
             while Instant::now() < until {
                 if !self.ring.uring.completion().is_empty()
                     || !self.st.mailbox.ready.is_empty()

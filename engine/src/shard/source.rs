@@ -149,7 +149,8 @@ impl LocalPublish for LocalCtx<'_> {
             .tx
             .has_room(&flow_limits(&st.config, ps.established))
         {
-            return Err(Error::Backpressure(Bytes::copy_from_slice(payload)));
+            // The payload stays the caller's (it was borrowed): no copy, no allocation.
+            return Err(Error::Backpressure(Bytes::new()));
         }
         // The next position is ours only if every message published from other threads was
         // taken into the session already; otherwise join them in the queue.
