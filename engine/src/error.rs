@@ -13,6 +13,9 @@ pub enum Error {
     Backpressure(Bytes),
     /// A payload is larger than a MSG frame can carry.
     PayloadTooLarge { len: usize, len_max: usize },
+    /// A batch holds more messages than the peer's queue can ever take at once
+    /// (`Config::peer_queue_len`, rounded up to a power of two); split it.
+    BatchTooLarge { len: usize, len_max: usize },
     /// A configuration value is invalid; the message says which and why.
     InvalidConfig(String),
     /// The engine is shutting down, or shut down before the peer acknowledged a message.
@@ -59,6 +62,10 @@ impl fmt::Display for Error {
             Error::PayloadTooLarge { len, len_max } => {
                 write!(f, "payload of {len} bytes exceeds the maximum of {len_max}")
             }
+            Error::BatchTooLarge { len, len_max } => write!(
+                f,
+                "batch of {len} messages exceeds the peer queue's {len_max}; split it"
+            ),
             Error::InvalidConfig(msg) => write!(f, "invalid configuration: {msg}"),
             Error::ShuttingDown => f.write_str("engine is shutting down"),
             Error::DrainTimeout { unacked } => {

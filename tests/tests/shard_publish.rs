@@ -244,3 +244,23 @@ fn a_source_stream_survives_cuts_exactly_once() {
     assert!(a.stats().connects >= connects_start + CUTS as u64);
     a.shutdown_graceful(PATIENCE).unwrap();
 }
+
+#[test]
+fn a_batch_larger_than_the_queue_is_refused_as_such() {
+    let a = builder("node-a", 1)
+        .configure(|c| c.peer_queue_len = 4)
+        .start()
+        .unwrap();
+    let peer = a.peer("node-b");
+    let mut batch: Vec<Bytes> = (0..5)
+        .map(|n| Bytes::copy_from_slice(&tagged(0, n)))
+        .collect();
+    match peer.publish_batch(&mut batch) {
+        Err(Error::BatchTooLarge { len: 5, len_max: 4 }) => {}
+        other => panic!("expected BatchTooLarge, got {other:?}"),
+    }
+    assert_eq!(batch.len(), 5, "nothing taken");
+    batch.truncate(4);
+    assert!(peer.publish_batch(&mut batch).is_ok());
+    assert!(batch.is_empty());
+}

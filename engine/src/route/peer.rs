@@ -88,7 +88,9 @@ impl Peer {
     ///
     /// # Errors
     ///
-    /// [`Error::PayloadTooLarge`] if any payload is (nothing is queued), and
+    /// [`Error::PayloadTooLarge`] if any payload is (nothing is queued),
+    /// [`Error::BatchTooLarge`] if the batch holds more messages than the peer's queue
+    /// (`Config::peer_queue_len`), and
     /// [`Error::ShuttingDown`]. Without an outbox the batch is all or nothing:
     /// [`Error::Backpressure`] (carrying an empty payload) when the queue lacks room for all of
     /// it, with `payloads` untouched. With an outbox, messages are accepted in order until one
@@ -116,6 +118,14 @@ impl Peer {
         };
         if payloads.is_empty() {
             return Ok(id(self.shared.queue.pushed() + 1));
+        }
+        let len_max = self.shared.queue.capacity();
+        if payloads.len() as u64 > len_max {
+            // It could never fit: not backpressure, which a retry would wait out forever.
+            return Err(Error::BatchTooLarge {
+                len: payloads.len(),
+                len_max: len_max as usize,
+            });
         }
         let first = match &self.shared.durable {
             Some(durable) => self.shared.push_durable_batch(durable, payloads)?,

@@ -164,6 +164,10 @@ impl PeerQueue {
                 if self.head.load(Ordering::Acquire) + capacity == tail {
                     return Err(value);
                 }
+                // A `head` older than the stamp (the consumer freed the slot, or claimed the
+                // position, after this load) comes back fresh only after a pause: without it a
+                // loom model spins on the stale view forever.
+                spin_loop();
                 tail = self.tail.load(Ordering::Relaxed);
             } else {
                 spin_loop();
@@ -282,6 +286,11 @@ impl PeerQueue {
     /// The first position that uses the slot of `position`, against which its stamp is stored.
     fn base(&self, position: u64) -> u64 {
         self.start + (position.wrapping_sub(self.start) & self.mask)
+    }
+
+    /// How many values the queue holds at most.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.mask + 1
     }
 
     /// Whether a value may be waiting (racy; for scheduling only).
