@@ -52,21 +52,7 @@ impl Peer {
     }
 
     fn push(&self, payload: Bytes, confirm: Option<Arc<ConfirmSlot>>) -> Result<MessageId, Error> {
-        if self
-            .router
-            .closing
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return Err(Error::ShuttingDown);
-        }
-        self.router.failures[self.shared.shard.0].check(self.shared.shard)?;
-        let len_max = self.router.config.payload_len_max();
-        if payload.len() > len_max {
-            return Err(Error::PayloadTooLarge {
-                len: payload.len(),
-                len_max,
-            });
-        }
+        self.check_accepting(payload.len())?;
         let seq = match &self.shared.durable {
             Some(durable) => self.shared.push_durable(durable, payload, confirm)?,
             None => self
@@ -97,21 +83,9 @@ impl Peer {
     /// is refused: the accepted ones are removed from the front of `payloads`, and the error
     /// is the refusal of the first one left, as [`Peer::publish`] would report it.
     pub fn publish_batch(&self, payloads: &mut Vec<Bytes>) -> Result<MessageId, Error> {
-        if self
-            .router
-            .closing
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return Err(Error::ShuttingDown);
-        }
-        self.router.failures[self.shared.shard.0].check(self.shared.shard)?;
         let len_max = self.router.config.payload_len_max();
-        if let Some(large) = payloads.iter().find(|p| p.len() > len_max) {
-            return Err(Error::PayloadTooLarge {
-                len: large.len(),
-                len_max,
-            });
-        }
+        let large = payloads.iter().find(|p| p.len() > len_max);
+        self.check_accepting(large.map_or(0, Bytes::len))?;
         let id = |seq| MessageId {
             session: self.shared.tx_session,
             seq,
@@ -140,6 +114,27 @@ impl Peer {
             }
         };
         Ok(id(first))
+    }
+
+    /// Refuses a publish while the engine shuts down or the peer's shard has failed, and a
+    /// payload of `payload_len` bytes that no frame can carry.
+    fn check_accepting(&self, payload_len: usize) -> Result<(), Error> {
+        if self
+            .router
+            .closing
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::ShuttingDown);
+        }
+        self.router.failures[self.shared.shard.0].check(self.shared.shard)?;
+        let len_max = self.router.config.payload_len_max();
+        if payload_len > len_max {
+            return Err(Error::PayloadTooLarge {
+                len: payload_len,
+                len_max,
+            });
+        }
+        Ok(())
     }
 
     /// This node's outbound session to the peer: with an outbox, the same across restarts.
