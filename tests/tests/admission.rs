@@ -21,15 +21,17 @@ fn dialers_beyond_peers_max_are_refused_and_get_no_state() {
     let senders: Vec<_> = (0..3)
         .map(|i| builder(&format!("dialer-{i}"), 1).start().unwrap())
         .collect();
-    let peers: Vec<_> = senders
-        .iter()
-        .map(|s| s.connect(PeerConfig::new("node-b", [addr])).unwrap())
-        .collect();
-    for peer in &peers[..2] {
-        publish_patiently(peer, Bytes::from_static(b"admitted"));
+    // The third dials only once the first two are admitted: dialing all three at once would
+    // let any two of them win the race for the two places.
+    for s in &senders[..2] {
+        let peer = s.connect(PeerConfig::new("node-b", [addr])).unwrap();
+        publish_patiently(&peer, Bytes::from_static(b"admitted"));
     }
     wait_until("the first two delivered", || sink.total() == 2);
-    publish_patiently(&peers[2], Bytes::from_static(b"refused"));
+    let third = senders[2]
+        .connect(PeerConfig::new("node-b", [addr]))
+        .unwrap();
+    publish_patiently(&third, Bytes::from_static(b"refused"));
     wait_until("the third dialer refused", || b.stats().peers_refused >= 1);
     let stats = b.stats();
     assert_eq!(stats.peers.len(), 2, "{:?}", stats.peers);
