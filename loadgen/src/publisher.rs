@@ -169,7 +169,8 @@ pub(crate) fn publish_batches(
 }
 
 /// The throughput workload on the shard: publishes the static payload as fast as the session
-/// takes it, up to [`POLL_MESSAGES_MAX`] per poll, and asks to be polled again at once (also
+/// takes it, [`BATCH_LEN`] at a time through [`ShardCtx::publish_batch`], up to
+/// [`POLL_MESSAGES_MAX`] per poll, and asks to be polled again at once (also
 /// after `Backpressure`: the next turn may have reaped the ACKs that make room). One message
 /// in `SAMPLE_EVERY` is sampled for publish-to-ack latency.
 pub(crate) struct StreamSource {
@@ -206,13 +207,23 @@ impl Source for StreamSource {
         self.samples.settle(&self.peer);
         let mut next = SourcePoll::Ready;
         let mut sent: u64 = 0;
+        let batch = [self.payload; BATCH_LEN];
         while sent < POLL_MESSAGES_MAX {
-            match ctx.publish(&self.peer, self.payload) {
-                Ok(id) => {
-                    if (self.published + sent).is_multiple_of(SAMPLE_EVERY) {
-                        self.samples.note(id.seq, Instant::now());
+            match ctx.publish_batch(&self.peer, &batch) {
+                Ok(published) => {
+                    // Sample the messages whose run-wide number is a multiple of SAMPLE_EVERY.
+                    let from = self.published + sent;
+                    let to = from + published.count as u64;
+                    let sample = from.next_multiple_of(SAMPLE_EVERY);
+                    if sample < to {
+                        self.samples
+                            .note(published.first.seq + (sample - from), Instant::now());
                     }
-                    sent += 1;
+                    sent += published.count as u64;
+                    if published.count < BATCH_LEN {
+                        // The flow limits took a prefix: the rest would be refused.
+                        break;
+                    }
                 }
                 Err(Error::Backpressure(_)) => {
                     self.tally.refused.fetch_add(1, Ordering::Relaxed);

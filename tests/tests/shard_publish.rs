@@ -75,16 +75,50 @@ impl Check {
     }
 }
 
-/// Publishes `count` messages tagged 0 from the shard thread, as fast as the session takes
-/// them.
+/// Publishes `count` messages tagged `tag` from the shard thread, as fast as the session takes
+/// them: one at a time with `ShardCtx::publish` when `batch` is 1, else up to `batch` at a time
+/// with `ShardCtx::publish_batch`.
 struct Counter {
     peer: Peer,
+    tag: u8,
+    batch: u64,
     next: u64,
     count: u64,
     /// Publishes only below this number (the test releases the stream in chunks).
     allowed: Arc<AtomicU64>,
     backpressured: Arc<AtomicU64>,
     done: Arc<AtomicBool>,
+}
+
+impl Counter {
+    fn new(peer: &Peer, tag: u8, batch: u64, count: u64, done: &Arc<AtomicBool>) -> Counter {
+        Counter {
+            peer: peer.clone(),
+            tag,
+            batch,
+            next: 0,
+            count,
+            allowed: Arc::new(AtomicU64::new(u64::MAX)),
+            backpressured: Arc::new(AtomicU64::new(0)),
+            done: Arc::clone(done),
+        }
+    }
+
+    /// Publishes the next messages, up to `limit` of them; how many were taken.
+    fn publish(&mut self, ctx: &mut ShardCtx<'_>, limit: u64) -> Result<u64, Error> {
+        if self.batch == 1 {
+            return ctx
+                .publish(&self.peer, &tagged(self.tag, self.next))
+                .map(|_| 1);
+        }
+        let payloads: Vec<[u8; 9]> = (self.next..self.next + limit.min(self.batch))
+            .map(|n| tagged(self.tag, n))
+            .collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+        let published = ctx.publish_batch(&self.peer, &refs)?;
+        assert!(published.count >= 1 && published.count <= refs.len());
+        Ok(published.count as u64)
+    }
 }
 
 impl Source for Counter {
@@ -94,11 +128,12 @@ impl Source for Counter {
                 self.done.store(true, Ordering::Release);
                 return SourcePoll::Done;
             }
-            if self.next >= self.allowed.load(Ordering::Relaxed) {
+            let allowed = self.allowed.load(Ordering::Relaxed).min(self.count);
+            if self.next >= allowed {
                 break;
             }
-            match ctx.publish(&self.peer, &tagged(0, self.next)) {
-                Ok(_) => self.next += 1,
+            match self.publish(ctx, allowed - self.next) {
+                Ok(taken) => self.next += taken,
                 Err(Error::Backpressure(_)) => {
                     self.backpressured.fetch_add(1, Ordering::Relaxed);
                     break;
@@ -113,6 +148,7 @@ impl Source for Counter {
 #[test]
 fn sources_batches_and_threads_interleave_exactly_once_in_order() {
     const SOURCE: u64 = 200_000;
+    const SOURCE_BATCHED: u64 = 150_000;
     const THREAD: u64 = 50_000;
     const BATCHES: u64 = 1_000;
     const BATCH: u64 = 64;
@@ -128,17 +164,13 @@ fn sources_batches_and_threads_interleave_exactly_once_in_order() {
         .unwrap();
 
     let done = Arc::new(AtomicBool::new(false));
-    let backpressured = Arc::new(AtomicU64::new(0));
+    let done_batched = Arc::new(AtomicBool::new(false));
+    let counter = Counter::new(&peer, 0, 1, SOURCE, &done);
+    let backpressured = Arc::clone(&counter.backpressured);
+    a.add_source(&peer, counter).unwrap();
     a.add_source(
         &peer,
-        Counter {
-            peer: peer.clone(),
-            next: 0,
-            count: SOURCE,
-            allowed: Arc::new(AtomicU64::new(u64::MAX)),
-            backpressured: Arc::clone(&backpressured),
-            done: Arc::clone(&done),
-        },
+        Counter::new(&peer, 3, 50, SOURCE_BATCHED, &done_batched),
     )
     .unwrap();
     std::thread::scope(|s| {
@@ -168,12 +200,17 @@ fn sources_batches_and_threads_interleave_exactly_once_in_order() {
             }
         });
     });
-    let total = SOURCE + THREAD + BATCHES * BATCH;
+    let total = SOURCE + SOURCE_BATCHED + THREAD + BATCHES * BATCH;
     wait_until("every message delivered", || {
         check.total.load(Ordering::Relaxed) == total
     });
-    assert!(done.load(Ordering::Acquire));
-    check.assert_clean(&[(0, SOURCE), (1, THREAD), (2, BATCHES * BATCH)]);
+    assert!(done.load(Ordering::Acquire) && done_batched.load(Ordering::Acquire));
+    check.assert_clean(&[
+        (0, SOURCE),
+        (1, THREAD),
+        (2, BATCHES * BATCH),
+        (3, SOURCE_BATCHED),
+    ]);
     assert_eq!(peer.seq_next(), total + 1);
     wait_until("everything acknowledged", || peer.seq_acked() == total);
     eprintln!(
@@ -206,19 +243,11 @@ fn a_source_stream_survives_cuts_exactly_once() {
     wait_until("connected", || is_connected(&a, "node-b"));
     let done = Arc::new(AtomicBool::new(false));
     let chunk = COUNT / (CUTS as u64 + 1);
-    let allowed = Arc::new(AtomicU64::new(chunk));
-    a.add_source(
-        &peer,
-        Counter {
-            peer: peer.clone(),
-            next: 0,
-            count: COUNT,
-            allowed: Arc::clone(&allowed),
-            backpressured: Arc::new(AtomicU64::new(0)),
-            done: Arc::clone(&done),
-        },
-    )
-    .unwrap();
+    // In batches of 37: the cuts fall inside MSG_BATCH frames and inside source batches.
+    let counter = Counter::new(&peer, 0, 37, COUNT, &done);
+    let allowed = Arc::clone(&counter.allowed);
+    allowed.store(chunk, Ordering::Relaxed);
+    a.add_source(&peer, counter).unwrap();
     let connects_start = a.stats().connects;
     // The stream is released a chunk at a time; each cut falls after part of the newest chunk
     // arrived, with the rest in flight, and the next chunk is released only after the redial.

@@ -360,6 +360,27 @@ impl TxSession {
             && self.unsent_len() < limits.unsent_bytes_max
     }
 
+    /// How many messages with payloads of `lens`, taken in order, the session admits under
+    /// `limits`: as many as consecutive [`TxSession::has_room`] checks would, each made after
+    /// pushing the messages before it.
+    pub fn admits(&self, limits: &FlowLimits, lens: impl IntoIterator<Item = usize>) -> usize {
+        let mut payload = self.unacked_payload_len();
+        let mut unsent = self.unsent_len();
+        let mut admitted = 0;
+        for (count, len) in (self.unacked_count()..).zip(lens) {
+            if count >= limits.unacked_count_max
+                || payload >= limits.unacked_bytes_max
+                || unsent >= limits.unsent_bytes_max
+            {
+                break;
+            }
+            payload += len;
+            unsent += frame::msg_frame_len(len);
+            admitted += 1;
+        }
+        admitted
+    }
+
     /// Encoded bytes not yet handed to the connection.
     pub fn unsent_len(&self) -> usize {
         debug_assert_eq!(

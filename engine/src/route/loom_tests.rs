@@ -101,8 +101,8 @@ fn loom_queue_claims_between_pops() {
             &[&[Produce::Push(0), Produce::Push(1)]],
             &[
                 Consume::Pop,
-                Consume::Claim,
-                Consume::Claim,
+                Consume::Claim(1),
+                Consume::Claim(1),
                 Consume::Pop,
                 Consume::Pop,
             ],
@@ -120,7 +120,26 @@ fn loom_queue_claims_and_batch() {
         queue_model(
             2,
             &[&[Produce::Push(0), Produce::Batch(&[1, 2])]],
-            &[Consume::Claim, Consume::Pop, Consume::Claim, Consume::Pop],
+            &[
+                Consume::Claim(1),
+                Consume::Pop,
+                Consume::Claim(1),
+                Consume::Pop,
+            ],
+        );
+    });
+}
+
+/// The shard claims two positions at once (a source's batch) between pops while a producer
+/// pushes three messages into a two-slot queue: the run is taken only when every pushed
+/// message was popped, and the producer's later laps land in the slots the run freed.
+#[test]
+fn loom_queue_claim_run_between_pops() {
+    check(Some(5), || {
+        queue_model(
+            2,
+            &[&[Produce::Push(0), Produce::Push(1), Produce::Push(2)]],
+            &[Consume::Pop, Consume::Claim(2), Consume::Pop, Consume::Pop],
         );
     });
 }
@@ -354,15 +373,22 @@ fn produce(queue: &PeerQueue, call: Produce) -> Offer {
 /// Runs the consumer's `turns`, returning what each successful one took: a popped message's
 /// position and tag, or a claimed position with no tag.
 fn consume(queue: &PeerQueue, turns: &[Consume]) -> Vec<(u64, Option<u8>)> {
-    turns
-        .iter()
-        .filter_map(|turn| match turn {
-            Consume::Pop => queue
-                .pop()
-                .map(|(position, outgoing)| (position, Some(tag_of(&outgoing)))),
-            Consume::Claim => queue.claim_consumed().map(|position| (position, None)),
-        })
-        .collect()
+    let mut taken = Vec::new();
+    for turn in turns {
+        match *turn {
+            Consume::Pop => taken.extend(
+                queue
+                    .pop()
+                    .map(|(position, outgoing)| (position, Some(tag_of(&outgoing)))),
+            ),
+            Consume::Claim(count) => {
+                if let Some(first) = queue.claim_consumed(count) {
+                    taken.extend((first..first + count).map(|position| (position, None)));
+                }
+            }
+        }
+    }
+    taken
 }
 
 /// Checks a queue model's outcome, after the consumer pops what is left:
@@ -495,8 +521,8 @@ enum Produce {
 enum Consume {
     /// `pop` the next message.
     Pop,
-    /// `claim_consumed` the next position for a message the shard publishes itself.
-    Claim,
+    /// `claim_consumed` the next positions for messages the shard publishes itself.
+    Claim(u64),
 }
 
 /// What one producer call offered (its messages' tags) and got: the first position, or the

@@ -235,23 +235,32 @@ impl PeerQueue {
         }
     }
 
-    /// Takes the next position for a message the consumer handles itself, as if it had been
-    /// pushed and popped at once, provided every value pushed so far was popped; `None` if a
-    /// producer holds the next position (pop first, to keep the order).
+    /// Takes the next `count` positions for messages the consumer handles itself, as if they
+    /// had been pushed and popped at once, provided every value pushed so far was popped;
+    /// returns the first. `None` if a producer holds the next position (pop first, to keep the
+    /// order). One CAS for the run: a shard publishing a batch pays it once, not per message.
     ///
-    /// Only the owning shard may call this.
-    pub(crate) fn claim_consumed(&self) -> Option<u64> {
+    /// Only the owning shard may call this, with `1 <= count <= capacity`.
+    pub(crate) fn claim_consumed(&self, count: u64) -> Option<u64> {
+        debug_assert!((1..=self.mask + 1).contains(&count), "claim of {count}");
         let head = self.head.load(Ordering::Relaxed);
-        // Relaxed: the CAS only elects the owner of position `head`, as a producer's does; no
-        // value is written, so there is nothing for the consumer (us) to acquire.
+        // Relaxed: the CAS only elects the owner of positions `head..head + count`, as a
+        // producer's does; no value is written, so there is nothing for the consumer (us) to
+        // acquire.
         self.tail
-            .compare_exchange(head, head + 1, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(head, head + count, Ordering::Relaxed, Ordering::Relaxed)
             .ok()?;
-        // Free the slot for the next lap, as `pop` does after taking a value.
-        let slot = &self.slots[(head & self.mask) as usize];
-        slot.stamp
-            .store(self.base(head), head + self.mask + 1, Ordering::Release);
-        self.head.store(head + 1, Ordering::Release);
+        // Free the slots for the next lap, as `pop` does after taking a value. A producer that
+        // reads the new tail waits for its slot's stamp, stored here (Release) before `head`.
+        for position in head..head + count {
+            let slot = &self.slots[(position & self.mask) as usize];
+            slot.stamp.store(
+                self.base(position),
+                position + self.mask + 1,
+                Ordering::Release,
+            );
+        }
+        self.head.store(head + count, Ordering::Release);
         Some(head)
     }
 

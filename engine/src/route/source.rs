@@ -70,6 +70,20 @@ impl<'a> ShardCtx<'a> {
         self.inner.publish(peer, payload)
     }
 
+    /// Publishes copies of `payloads` to `peer`, in order, as consecutive messages: like
+    /// calling [`ShardCtx::publish`] for each, but on the fast path the positions are taken with
+    /// one atomic operation for the whole batch instead of one per message. Publishes the
+    /// longest prefix the peer's flow limits admit and says how long it was.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PayloadTooLarge`] if any payload is (nothing is published), and the errors of
+    /// [`ShardCtx::publish`] when not even the first message is taken, [`Error::Backpressure`]
+    /// among them.
+    pub fn publish_batch(&mut self, peer: &Peer, payloads: &[&[u8]]) -> Result<Published, Error> {
+        self.inner.publish_batch(peer, payloads)
+    }
+
     /// The time the shard read at the start of this loop turn.
     pub fn now(&self) -> Instant {
         self.inner.now()
@@ -89,9 +103,19 @@ impl fmt::Debug for ShardCtx<'_> {
     }
 }
 
+/// What [`ShardCtx::publish_batch`] published: `count` messages from `first` on, with
+/// consecutive sequence numbers. `count` may be less than the batch (the flow limits took only
+/// a prefix) and is 0 only for an empty batch, `first` then being the next message's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub first: MessageId,
+    pub count: usize,
+}
+
 /// What the shard provides behind a [`ShardCtx`].
 pub(crate) trait LocalPublish {
     fn publish(&mut self, peer: &Peer, payload: &[u8]) -> Result<MessageId, Error>;
+    fn publish_batch(&mut self, peer: &Peer, payloads: &[&[u8]]) -> Result<Published, Error>;
     fn now(&self) -> Instant;
     fn shard(&self) -> ShardId;
 }

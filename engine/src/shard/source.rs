@@ -10,7 +10,7 @@ use crate::proto::frame::Seq;
 use crate::proto::id::MessageId;
 use crate::route::ShardId;
 use crate::route::peer::Peer;
-use crate::route::source::{LocalPublish, ShardCtx, Source, SourcePoll};
+use crate::route::source::{LocalPublish, Published, ShardCtx, Source, SourcePoll};
 use crate::sync::Ordering;
 
 use super::State;
@@ -112,24 +112,23 @@ struct LocalCtx<'a> {
     last_peer: Option<(u32, PeerIndex)>,
 }
 
-impl LocalPublish for LocalCtx<'_> {
-    fn publish(&mut self, peer: &Peer, payload: &[u8]) -> Result<MessageId, Error> {
+impl LocalCtx<'_> {
+    /// Checks a publish of payloads up to `len` bytes to `peer`, and finds the peer's slot
+    /// when the fast path applies: this shard owns the peer, it has no outbox record to write
+    /// first and no recovered message to send first. `None` means "go through the queue, as
+    /// from any thread".
+    fn fast_path(&mut self, peer: &Peer, len: usize) -> Result<Option<PeerIndex>, Error> {
         let st = &mut *self.st;
         let shared = &peer.shared;
-        // The fast path needs the peer's session (this shard) and no outbox record to write
-        // first; anything else goes through the queue, as from any thread.
         if shared.shard != st.id || shared.durable.is_some() {
-            return peer.publish(Bytes::copy_from_slice(payload));
+            return Ok(None);
         }
         if peer.router.closing.load(Ordering::Relaxed) {
             return Err(Error::ShuttingDown);
         }
         let len_max = st.config.payload_len_max();
-        if payload.len() > len_max {
-            return Err(Error::PayloadTooLarge {
-                len: payload.len(),
-                len_max,
-            });
+        if len > len_max {
+            return Err(Error::PayloadTooLarge { len, len_max });
         }
         let index = match self.last_peer {
             Some((key, index)) if key == shared.key => index,
@@ -139,33 +138,116 @@ impl LocalPublish for LocalCtx<'_> {
                 index
             }
         };
-        let ps = &mut st.peers[index];
-        if ps.recovered.len() > 0 {
-            // Recovered messages precede every new one; the drain keeps that order.
-            return peer.publish(Bytes::copy_from_slice(payload));
+        // Recovered messages precede every new one; the drain keeps that order.
+        Ok((st.peers[index].recovered.len() == 0).then_some(index))
+    }
+
+    /// A batch off the fast path: one message at a time, in order, until one is refused.
+    fn publish_each(&mut self, peer: &Peer, payloads: &[&[u8]]) -> Result<Published, Error> {
+        let mut published: Option<Published> = None;
+        for payload in payloads {
+            match self.publish(peer, payload) {
+                Ok(id) => match &mut published {
+                    Some(p) => p.count += 1,
+                    None => {
+                        published = Some(Published {
+                            first: id,
+                            count: 1,
+                        })
+                    }
+                },
+                Err(e) if published.is_none() => return Err(e),
+                Err(_) => break,
+            }
         }
+        Ok(published.unwrap_or(Published {
+            first: MessageId {
+                session: peer.shared.tx_session,
+                seq: peer.shared.queue.pushed() + 1,
+            },
+            count: 0,
+        }))
+    }
+
+    /// Encodes messages `first..` with `payloads` into the session of the peer in slot `index`,
+    /// whose positions were claimed, and queues its connection for a send.
+    fn push<'p>(&mut self, index: PeerIndex, first: u64, payloads: impl Iterator<Item = &'p [u8]>) {
+        let st = &mut *self.st;
+        let ps = &mut st.peers[index];
+        for (position, payload) in (first..).zip(payloads) {
+            ps.sessions.tx.push(Seq(position + 1), payload, 0);
+        }
+        if !ps.touched {
+            ps.touched = true;
+            st.touched.push(index);
+        }
+    }
+}
+
+impl LocalPublish for LocalCtx<'_> {
+    fn publish(&mut self, peer: &Peer, payload: &[u8]) -> Result<MessageId, Error> {
+        let Some(index) = self.fast_path(peer, payload.len())? else {
+            return peer.publish(Bytes::copy_from_slice(payload));
+        };
+        let ps = &self.st.peers[index];
         if !ps
             .sessions
             .tx
-            .has_room(&flow_limits(&st.config, ps.established))
+            .has_room(&flow_limits(&self.st.config, ps.established))
         {
             // The payload stays the caller's (it was borrowed): no copy, no allocation.
             return Err(Error::Backpressure(Bytes::new()));
         }
         // The next position is ours only if every message published from other threads was
         // taken into the session already; otherwise join them in the queue.
-        let Some(position) = shared.queue.claim_consumed() else {
+        let shared = &peer.shared;
+        let Some(position) = shared.queue.claim_consumed(1) else {
             return peer.publish(Bytes::copy_from_slice(payload));
         };
-        let seq = Seq(position + 1);
-        ps.sessions.tx.push(seq, payload, 0);
-        if !ps.touched {
-            ps.touched = true;
-            st.touched.push(index);
-        }
+        self.push(index, position, std::iter::once(payload));
         Ok(MessageId {
             session: shared.tx_session,
-            seq: seq.0,
+            seq: position + 1,
+        })
+    }
+
+    fn publish_batch(&mut self, peer: &Peer, payloads: &[&[u8]]) -> Result<Published, Error> {
+        let len = payloads.iter().map(|p| p.len()).max().unwrap_or(0);
+        let shared = &peer.shared;
+        let next = || MessageId {
+            session: shared.tx_session,
+            seq: shared.queue.pushed() + 1,
+        };
+        let Some(index) = self.fast_path(peer, len)? else {
+            return self.publish_each(peer, payloads);
+        };
+        if payloads.is_empty() {
+            return Ok(Published {
+                first: next(),
+                count: 0,
+            });
+        }
+        let ps = &self.st.peers[index];
+        let limits = flow_limits(&self.st.config, ps.established);
+        let admitted = ps
+            .sessions
+            .tx
+            .admits(&limits, payloads.iter().map(|p| p.len()))
+            .min(usize::try_from(shared.queue.capacity()).unwrap_or(usize::MAX));
+        if admitted == 0 {
+            return Err(Error::Backpressure(Bytes::new()));
+        }
+        // As in `publish`: the positions are ours only if the queue is empty; one CAS for all.
+        let Some(first) = shared.queue.claim_consumed(admitted as u64) else {
+            return self.publish_each(peer, payloads);
+        };
+        self.push(index, first, payloads[..admitted].iter().copied());
+        Ok(Published {
+            first: MessageId {
+                session: shared.tx_session,
+                seq: first + 1,
+            },
+            count: admitted,
         })
     }
 
