@@ -96,7 +96,7 @@ fn rx(c: &mut Criterion) {
                 for _ in 0..TURN_LEN {
                     let seq = black_box(session.seq_delivered().next());
                     black_box(session.handle_msg(seq).expect("in order"));
-                    ack.handle_received(now);
+                    ack.handle_received(now, 1);
                 }
                 if ack.is_due(now) {
                     ack.handle_sent();

@@ -16,7 +16,8 @@ use uuid::Uuid;
 use ringwire::proto::ack::AckPolicy;
 use ringwire::proto::connection::Events;
 use ringwire::proto::frame::{
-    AUTH_TOKEN_LEN_MAX, BODY_LEN_MAX_DEFAULT, GOAWAY_MESSAGE_LEN_MAX, HEADER_LEN, NODE_ID_LEN_MAX,
+    AUTH_TOKEN_LEN_MAX, BODY_LEN_MAX_DEFAULT, BatchEntries, GOAWAY_MESSAGE_LEN_MAX, HEADER_LEN,
+    NODE_ID_LEN_MAX,
 };
 use ringwire::proto::handshake::Accepting;
 use ringwire::proto::heartbeat::HeartbeatConfig;
@@ -50,6 +51,8 @@ enum Spec {
     },
     Close,
     Lost(u64),
+    /// The first sequence number and the encoded entries.
+    MsgBatch(u64, Vec<u8>),
 }
 
 impl Spec {
@@ -80,6 +83,9 @@ impl Spec {
             },
             Frame::Close => Spec::Close,
             Frame::Lost { seq } => Spec::Lost(seq.0),
+            Frame::MsgBatch { seq_first, entries } => {
+                Spec::MsgBatch(seq_first.0, entries.as_bytes().to_vec())
+            }
         }
     }
 
@@ -125,6 +131,10 @@ impl Spec {
             },
             Spec::Close => Frame::Close,
             Spec::Lost(seq) => Frame::Lost { seq: Seq(*seq) },
+            Spec::MsgBatch(seq_first, entries) => Frame::MsgBatch {
+                seq_first: Seq(*seq_first),
+                entries: BatchEntries::parse(entries).expect("generated entries are valid"),
+            },
         }
     }
 
@@ -221,6 +231,15 @@ fn spec() -> impl Strategy<Value = Spec> {
             }),
         1 => Just(Spec::Close),
         1 => (1u64..).prop_map(Spec::Lost),
+        2 => (1u64..u64::MAX / 2, prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..20))
+            .prop_map(|(seq_first, payloads)| {
+                let mut entries = Vec::new();
+                for payload in payloads {
+                    entries.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                    entries.extend_from_slice(&payload);
+                }
+                Spec::MsgBatch(seq_first, entries)
+            }),
     ]
 }
 
@@ -483,6 +502,7 @@ fn config(epoch: Instant) -> Arc<ConnectionConfig> {
     Arc::new(ConnectionConfig {
         node_id: "acceptor".into(),
         body_len_max: BODY_LEN_MAX_DEFAULT,
+        batch: true,
         handshake_timeout: Duration::from_secs(5),
         heartbeat: HeartbeatConfig::default(),
         ack: AckPolicy::default(),

@@ -123,6 +123,7 @@ impl World {
             let config = Arc::new(ConnectionConfig {
                 node_id: NAMES[index].into(),
                 body_len_max: BODY_LEN_MAX_DEFAULT,
+                batch: true,
                 handshake_timeout: Duration::from_secs(5),
                 heartbeat,
                 ack,

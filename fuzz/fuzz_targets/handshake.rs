@@ -85,6 +85,7 @@ fn drive(hello: &HelloInfo, rest: &[u8], selector: u8, t0: Instant) {
     let config = Arc::new(ConnectionConfig {
         node_id: "fuzz".into(),
         body_len_max: BODY_LEN_MAX_DEFAULT,
+        batch: true,
         handshake_timeout: HANDSHAKE_TIMEOUT,
         heartbeat: HeartbeatConfig::default(),
         ack: AckPolicy::default(),

@@ -32,6 +32,8 @@ pub struct Target {
     pub shards: usize,
     /// Give each client engine a durable outbox under this directory, with this sync policy.
     pub outbox: Option<(std::path::PathBuf, ringwire::SyncPolicy)>,
+    /// Whether the client engines offer MSG_BATCH frames.
+    pub batch_frames: bool,
 }
 
 /// Runs the workload and returns its report.
@@ -63,14 +65,7 @@ pub fn run(
     let outcome = match w.mode {
         Mode::Fanin => fanin::run(w, addr, &target.node_id, load_core)?,
         Mode::Pingpong => pingpong::run(w, addr, &target.node_id, load_core)?,
-        Mode::Throughput | Mode::Latency => streams(
-            w,
-            addr,
-            &target.node_id,
-            load_core,
-            target.outbox.as_ref(),
-            publisher,
-        )?,
+        Mode::Throughput | Mode::Latency => streams(w, addr, target, load_core, publisher)?,
     };
     let cpu = workload::cpu_time() - t0_cpu;
 
@@ -95,6 +90,7 @@ pub fn run(
     );
     if matches!(w.mode, Mode::Throughput | Mode::Latency) {
         report.publisher = Some(publisher.name().to_owned());
+        report.batch_frames = Some(target.batch_frames);
     }
     let mut engine = serde_json::Map::new();
     for (name, value) in &outcome.client_stats {
@@ -161,11 +157,11 @@ fn reach(addr: &str) -> Result<SocketAddr, String> {
 fn streams(
     w: &Workload,
     addr: SocketAddr,
-    server_id: &str,
+    target: &Target,
     core: usize,
-    outbox: Option<&(std::path::PathBuf, ringwire::SyncPolicy)>,
     publisher: Publisher,
 ) -> Result<Outcome, String> {
+    let server_id = target.node_id.as_str();
     let echo = w.mode == Mode::Latency;
     let t0 = Instant::now() + SETTLE;
     let log = Arc::new(LatencyLog::new(t0 + w.warmup, Duration::from_secs(1)));
@@ -184,7 +180,8 @@ fn streams(
             .configure(|c| {
                 c.first_core = core;
                 c.idle_spin = node::idle_spin(w.busy_poll);
-                if let Some((dir, sync)) = outbox {
+                c.batch_frames = target.batch_frames;
+                if let Some((dir, sync)) = &target.outbox {
                     c.outbox_dir = Some(dir.join(format!("client-{i}")));
                     c.outbox_sync = *sync;
                 }

@@ -171,6 +171,7 @@ impl Driver {
             let config = Arc::new(ConnectionConfig {
                 node_id: format!("{ECHO_PREFIX}fanin-{}-{i}", std::process::id()).into(),
                 body_len_max: BODY_LEN_MAX,
+                batch: true,
                 handshake_timeout: CONNECT_TIMEOUT,
                 heartbeat: HeartbeatConfig::default(),
                 ack: AckPolicy::default(),

@@ -78,6 +78,10 @@ struct RunArgs {
     /// Throughput and latency modes.
     #[arg(long, value_enum, default_value_t = Publisher::Thread)]
     publisher: Publisher,
+    /// The client engines do not offer MSG_BATCH frames: every message travels in a MSG frame
+    /// of its own, as protocol version 1 defined (throughput and latency modes).
+    #[arg(long)]
+    no_batch_frames: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -240,6 +244,7 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
         node_id: args.target_id.clone(),
         shards: args.shards,
         outbox: outbox.clone(),
+        batch_frames: !args.no_batch_frames,
     };
     let result = client::run(&w, &target, args.publisher);
     if let Some((dir, _)) = &outbox {

@@ -43,6 +43,10 @@ pub struct Report {
     /// `null` for the workloads without that choice (fanin, pingpong) and for the baselines.
     #[serde(default)]
     pub publisher: Option<String>,
+    /// Whether the client engines offered MSG_BATCH frames (`--no-batch-frames` turns them
+    /// off), or `null` where loadgen has no such choice (fanin, pingpong, the baselines).
+    #[serde(default)]
+    pub batch_frames: Option<bool>,
     /// Length of the measured window.
     pub duration_s: f64,
     pub warmup_s: f64,
@@ -409,6 +413,7 @@ impl Report {
             busy_poll: w.busy_poll,
             outbox: None,
             publisher: None,
+            batch_frames: None,
             duration_s: window.seconds(),
             warmup_s: w.warmup.as_secs_f64(),
             sent: counts.sent,

@@ -293,3 +293,45 @@ fn a_batch_larger_than_the_queue_is_refused_as_such() {
     assert!(peer.publish_batch(&mut batch).is_ok());
     assert!(batch.is_empty());
 }
+
+/// A node with `batch_frames` off speaks MSG frames only: its peer sends it no MSG_BATCH, not
+/// even for the messages it had encoded as batches before the node's HELLO told it so, and both
+/// directions stay exactly once.
+#[test]
+fn a_node_without_batch_frames_gets_msg_frames_only() {
+    const COUNT: u64 = 20_000;
+    let at_a = Arc::new(Check::default());
+    let at_b = Arc::new(Check::default());
+    let a = builder("node-a", 1)
+        .listen("127.0.0.1:0")
+        .handler(Arc::clone(&at_a))
+        .start()
+        .unwrap();
+    // Published while node-b is unknown: encoded into the session (as batches) before any HELLO.
+    let to_b = a.peer("node-b");
+    for n in 0..COUNT / 2 {
+        publish_patiently(&to_b, Bytes::copy_from_slice(&tagged(0, n)));
+    }
+    let b = builder("node-b", 1)
+        .configure(|c| c.batch_frames = false)
+        .handler(Arc::clone(&at_b))
+        .start()
+        .unwrap();
+    let to_a = b
+        .connect(PeerConfig::new("node-a", [a.local_addr().unwrap()]))
+        .unwrap();
+    for n in COUNT / 2..COUNT {
+        publish_patiently(&to_b, Bytes::copy_from_slice(&tagged(0, n)));
+    }
+    for n in 0..COUNT {
+        publish_patiently(&to_a, Bytes::copy_from_slice(&tagged(1, n)));
+    }
+    wait_until("both directions delivered", || {
+        at_a.total.load(Ordering::Relaxed) == COUNT && at_b.total.load(Ordering::Relaxed) == COUNT
+    });
+    at_b.assert_clean(&[(0, COUNT)]);
+    at_a.assert_clean(&[(1, COUNT)]);
+    assert_eq!(a.stats().protocol_errors + b.stats().protocol_errors, 0);
+    a.shutdown_graceful(PATIENCE).unwrap();
+    b.shutdown_graceful(PATIENCE).unwrap();
+}

@@ -55,6 +55,7 @@ fn main() -> std::io::Result<()> {
         let config = Arc::new(ConnectionConfig {
             node_id: format!("idle-{}-{i}", cli.tag).into(),
             body_len_max: 1 << 20,
+            batch: true,
             handshake_timeout: Duration::from_secs(30),
             heartbeat: HeartbeatConfig::default(),
             ack: AckPolicy::default(),

@@ -28,6 +28,10 @@ pub struct Config {
     pub first_core: usize,
     /// Largest frame body accepted and sent (default 16 MiB). A payload may be 8 bytes less.
     pub body_len_max: u32,
+    /// Whether to offer MSG_BATCH frames in HELLO (default on): small messages to a peer that
+    /// offers them too travel many to a frame (docs/protocol.md, "MSG_BATCH"). Off, this node
+    /// speaks the protocol as version 1 defined it, MSG frames only.
+    pub batch_frames: bool,
     /// Peers the engine keeps state for (default 10,000). A node that dials in when this many
     /// are known is refused with GOAWAY `Overloaded` and a retry-after; peers the application
     /// declares itself (`Engine::connect`, `Engine::peer`) are not limited.
@@ -107,6 +111,7 @@ impl Config {
             pin_shards: true,
             first_core: 0,
             body_len_max: BODY_LEN_MAX_DEFAULT,
+            batch_frames: true,
             peer_queue_len: 8192,
             peers_max: 10_000,
             unacked_count_max: 65_536,

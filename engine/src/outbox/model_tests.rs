@@ -170,11 +170,20 @@ impl World {
                 for slice in &slices {
                     decoder
                         .decode(slice, |frame| {
-                            self.wire.push_back(match frame {
-                                WireFrame::Msg { seq, payload } => (seq, Some(number(payload))),
-                                WireFrame::Lost { seq } => (seq, None),
+                            match frame {
+                                WireFrame::Msg { seq, payload } => {
+                                    self.wire.push_back((seq, Some(number(payload))));
+                                }
+                                // Each message on its own: the model may cut inside a batch,
+                                // which is more than a real receiver can see.
+                                WireFrame::MsgBatch { seq_first, entries } => self.wire.extend(
+                                    (seq_first.0..)
+                                        .map(Seq)
+                                        .zip(entries.iter().map(|p| Some(number(p)))),
+                                ),
+                                WireFrame::Lost { seq } => self.wire.push_back((seq, None)),
                                 other => panic!("unexpected frame {other:?}"),
-                            });
+                            }
                             Ok(())
                         })
                         .unwrap();

@@ -43,9 +43,12 @@ impl AckState {
         }
     }
 
-    /// A message was delivered (or a replay dropped, which the sender also needs to hear of).
-    pub fn handle_received(&mut self, now: Instant) {
-        self.pending = self.pending.saturating_add(1);
+    /// `count` messages were delivered (or replays dropped, which the sender also needs to hear
+    /// of).
+    pub fn handle_received(&mut self, now: Instant, count: u64) {
+        self.pending = self
+            .pending
+            .saturating_add(u32::try_from(count).unwrap_or(u32::MAX));
         self.since.get_or_insert(now);
     }
 
@@ -83,12 +86,12 @@ mod tests {
             delay: Duration::from_millis(5),
         });
         assert!(!ack.is_due(t0));
-        ack.handle_received(t0);
-        ack.handle_received(t0);
+        ack.handle_received(t0, 1);
+        ack.handle_received(t0, 1);
         assert!(!ack.is_due(t0));
         assert_eq!(ack.poll_timeout(), Some(t0 + Duration::from_millis(5)));
         assert!(ack.is_due(t0 + Duration::from_millis(5)));
-        ack.handle_received(t0);
+        ack.handle_received(t0, 1);
         assert!(ack.is_due(t0), "count reached");
         ack.handle_sent();
         assert!(!ack.is_due(t0 + Duration::from_secs(1)));

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::proto::ack::{AckPolicy, AckState};
 use crate::proto::error::{GoAwayReason, ProtocolError};
-use crate::proto::frame::{Decoder, Frame, Hello, Seq, SessionId};
+use crate::proto::frame::{self, CAP_BATCH, Decoder, Frame, Hello, Seq, SessionId};
 use crate::proto::handshake::HelloInfo;
 use crate::proto::heartbeat::{Heartbeat, HeartbeatConfig};
 use crate::proto::session::{Acked, Delivery, Sessions};
@@ -25,6 +25,9 @@ pub struct ConnectionConfig {
     pub node_id: Arc<str>,
     /// The largest frame body this node accepts.
     pub body_len_max: u32,
+    /// Whether this node offers MSG_BATCH ([`CAP_BATCH`] in its HELLO): it then accepts
+    /// batches, and sends them to a peer that offers them too.
+    pub batch: bool,
     /// How long a connection may take to exchange HELLOs.
     pub handshake_timeout: Duration,
     pub heartbeat: HeartbeatConfig,
@@ -389,14 +392,30 @@ impl Core {
                     if sessions.rx.handle_msg(seq)? == Delivery::Deliver {
                         events.on_message(sessions.rx.id(), seq, payload);
                     }
-                    e.ack.handle_received(now);
+                    e.ack.handle_received(now, 1);
+                    Ok(())
+                }
+                Frame::MsgBatch { seq_first, entries } => {
+                    if !self.config.batch {
+                        return Err(ProtocolError::UnexpectedFrame {
+                            kind: frame::Kind::MsgBatch,
+                            state: "established without MSG_BATCH",
+                        });
+                    }
+                    let rx_id = sessions.rx.id();
+                    for (seq, payload) in (seq_first.0..).map(Seq).zip(entries.iter()) {
+                        if sessions.rx.handle_msg(seq)? == Delivery::Deliver {
+                            events.on_message(rx_id, seq, payload);
+                        }
+                    }
+                    e.ack.handle_received(now, entries.count());
                     Ok(())
                 }
                 Frame::Lost { seq } => {
                     if sessions.rx.handle_msg(seq)? == Delivery::Deliver {
                         events.on_lost(sessions.rx.id(), seq);
                     }
-                    e.ack.handle_received(now);
+                    e.ack.handle_received(now, 1);
                     Ok(())
                 }
                 Frame::Ack { seq } => {
@@ -461,6 +480,12 @@ impl Core {
         now: Instant,
         events: &mut impl Events,
     ) -> Result<(), ProtocolError> {
+        // Batches go to a peer that offers them and whose frame limit holds the largest one.
+        sessions.tx.set_batching(
+            self.config.batch
+                && hello.caps & CAP_BATCH != 0
+                && hello.body_len_max as usize >= frame::BATCH_BODY_MAX,
+        );
         let acked = sessions.tx.resume(hello.rx_session, hello.rx_delivered)?;
         if acked.count > 0 {
             events.on_acked(acked);
@@ -476,7 +501,7 @@ impl Core {
 
     fn queue_hello(&mut self, sessions: &Sessions) {
         Frame::Hello(Hello {
-            caps: 0,
+            caps: if self.config.batch { CAP_BATCH } else { 0 },
             body_len_max: self.config.body_len_max,
             tx_session: sessions.tx.id(),
             tx_seq_first: sessions.tx.seq_first(),
@@ -506,7 +531,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::proto::frame::BODY_LEN_MAX_DEFAULT;
+    use crate::proto::frame::{BODY_LEN_MAX_DEFAULT, Kind};
     use crate::proto::handshake::Accepting;
 
     #[derive(Default)]
@@ -525,10 +550,16 @@ mod tests {
         }
     }
 
+    /// A node that speaks version 1 without MSG_BATCH, so that tests can count MSG frames.
     fn config(node: &str, t0: Instant) -> Arc<ConnectionConfig> {
+        config_batch(node, t0, false)
+    }
+
+    fn config_batch(node: &str, t0: Instant, batch: bool) -> Arc<ConnectionConfig> {
         Arc::new(ConnectionConfig {
             node_id: node.into(),
             body_len_max: BODY_LEN_MAX_DEFAULT,
+            batch,
             handshake_timeout: Duration::from_secs(5),
             heartbeat: HeartbeatConfig::default(),
             ack: AckPolicy::default(),
@@ -551,12 +582,24 @@ mod tests {
         t0: Instant,
         log: &mut Log,
     ) -> (Connection, Connection) {
-        let mut dialer = Connection::dial(config("a", t0), "b", a, t0);
+        connect_batch(a, b, t0, log, [false, false])
+    }
+
+    /// Like [`connect`], with MSG_BATCH offered by `a` and `b` as `batch` says.
+    fn connect_batch(
+        a: &mut Sessions,
+        b: &mut Sessions,
+        t0: Instant,
+        log: &mut Log,
+        batch: [bool; 2],
+    ) -> (Connection, Connection) {
+        let mut dialer = Connection::dial(config_batch("a", t0, batch[0]), "b", a, t0);
         let hello = transmit(&mut dialer, a, t0);
         let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + Duration::from_secs(5));
         let info = acc.handle_bytes(&hello).unwrap().unwrap();
         assert_eq!(info.node_id, "a");
-        let mut acceptor = Connection::accept(config("b", t0), &info, b, t0, log).unwrap();
+        let mut acceptor =
+            Connection::accept(config_batch("b", t0, batch[1]), &info, b, t0, log).unwrap();
         let reply = transmit(&mut acceptor, b, t0);
         dialer.handle_bytes(a, &reply, t0, log).unwrap();
         assert!(dialer.is_established() && acceptor.is_established());
@@ -619,6 +662,79 @@ mod tests {
             Seq(3),
             "the messages before the CLOSE were acknowledged"
         );
+    }
+
+    /// Kinds of the frames in `bytes`, in order.
+    fn kinds(mut bytes: &[u8]) -> Vec<Kind> {
+        let mut kinds = Vec::new();
+        while !bytes.is_empty() {
+            kinds.push(Kind::from_u8(bytes[4]).unwrap());
+            bytes = &bytes[frame::encoded_frame_len(bytes)..];
+        }
+        kinds
+    }
+
+    #[test]
+    fn peers_that_both_offer_batches_send_small_messages_many_to_a_frame() {
+        let t0 = Instant::now();
+        let mut a = Sessions::new(SessionId(Uuid::from_u128(1)));
+        let mut b = Sessions::new(SessionId(Uuid::from_u128(2)));
+        let mut log = Log::default();
+        let (mut da, mut ab) = connect_batch(&mut a, &mut b, t0, &mut log, [true, true]);
+        for i in 1..=5u64 {
+            a.tx.push(Seq(i), &[i as u8; 3], 0);
+        }
+        let bytes = transmit(&mut da, &mut a, t0);
+        assert_eq!(kinds(&bytes), [Kind::MsgBatch]);
+        ab.handle_bytes(&mut b, &bytes, t0, &mut log).unwrap();
+        let expected: Vec<_> = (1..=5u64).map(|i| (i, vec![i as u8; 3])).collect();
+        assert_eq!(log.messages, expected);
+        let ack = transmit(&mut ab, &mut b, t0);
+        da.handle_bytes(&mut a, &ack, t0, &mut log).unwrap();
+        assert_eq!(a.tx.unacked_count(), 0);
+    }
+
+    #[test]
+    fn batches_encoded_before_the_handshake_go_as_msg_frames_to_a_peer_without_them() {
+        let t0 = Instant::now();
+        let mut a = Sessions::new(SessionId(Uuid::from_u128(1)));
+        let mut b = Sessions::new(SessionId(Uuid::from_u128(2)));
+        // Encoded while no peer had answered: batched, as a session starts.
+        for i in 1..=3u64 {
+            a.tx.push(Seq(i), &[i as u8], 0);
+        }
+        let mut log = Log::default();
+        let (mut da, mut ab) = connect_batch(&mut a, &mut b, t0, &mut log, [true, false]);
+        a.tx.push(Seq(4), &[4], 0);
+        let bytes = transmit(&mut da, &mut a, t0);
+        assert_eq!(kinds(&bytes), [Kind::Msg; 4]);
+        ab.handle_bytes(&mut b, &bytes, t0, &mut log).unwrap();
+        assert_eq!(log.messages.len(), 4);
+    }
+
+    #[test]
+    fn a_batch_to_a_node_that_did_not_offer_batches_is_unexpected() {
+        let t0 = Instant::now();
+        let mut a = Sessions::new(SessionId(Uuid::from_u128(1)));
+        let mut b = Sessions::new(SessionId(Uuid::from_u128(2)));
+        let mut log = Log::default();
+        let (_, mut ab) = connect(&mut a, &mut b, t0, &mut log);
+        let mut bytes = Vec::new();
+        let body = [&1u64.to_le_bytes()[..], &1u32.to_le_bytes(), &[7]].concat();
+        frame::header(Kind::MsgBatch, body.len()).encode(&mut bytes);
+        bytes.extend_from_slice(&body);
+        let err = ab.handle_bytes(&mut b, &bytes, t0, &mut log).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProtocolError::UnexpectedFrame {
+                    kind: Kind::MsgBatch,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(log.messages.is_empty());
     }
 
     #[test]

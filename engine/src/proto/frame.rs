@@ -34,6 +34,16 @@ pub const MAGIC: [u8; 4] = *b"RWIR";
 pub const VERSION: u16 = 1;
 /// Length of a MSG body before its payload (the sequence number).
 pub const MSG_PREFIX_LEN: usize = 8;
+/// HELLO capability bit 0: the sender accepts MSG_BATCH frames (docs/protocol.md, "MSG_BATCH").
+pub const CAP_BATCH: u32 = 0b1;
+/// Length of a MSG_BATCH body before its first entry (the first sequence number).
+pub const BATCH_PREFIX_LEN: usize = 8;
+/// Length of a MSG_BATCH entry before its payload (the payload's length).
+pub const BATCH_ENTRY_PREFIX_LEN: usize = 4;
+/// The largest MSG_BATCH body this implementation sends: small enough that a frame straddling
+/// two receive buffers costs little to reassemble, large enough that its header is shared by
+/// dozens of small messages. It batches only towards peers whose `body_len_max` admits it.
+pub const BATCH_BODY_MAX: usize = 4 << 10;
 /// Maximum length of a node id in bytes.
 pub const NODE_ID_LEN_MAX: usize = 255;
 /// Maximum length of an AUTH token in bytes.
@@ -99,6 +109,7 @@ pub enum Kind {
     GoAway = 7,
     Close = 8,
     Lost = 9,
+    MsgBatch = 10,
 }
 
 impl Kind {
@@ -114,6 +125,7 @@ impl Kind {
             7 => Kind::GoAway,
             8 => Kind::Close,
             9 => Kind::Lost,
+            10 => Kind::MsgBatch,
             _ => return None,
         })
     }
@@ -240,6 +252,58 @@ pub enum Frame<'a> {
     Lost {
         seq: Seq,
     },
+    /// Consecutive messages of the sender's outbound session, `seq_first` and on, under one
+    /// header (negotiated with [`CAP_BATCH`]).
+    MsgBatch {
+        seq_first: Seq,
+        entries: BatchEntries<'a>,
+    },
+}
+
+/// The entries of a MSG_BATCH body, validated: at least one, each a `u32` length and that many
+/// payload bytes, filling the body exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchEntries<'a> {
+    bytes: &'a [u8],
+    count: u64,
+}
+
+impl<'a> BatchEntries<'a> {
+    /// Validates `bytes` as a sequence of entries; `None` if they do not fill it exactly or if
+    /// there are none.
+    pub fn parse(bytes: &'a [u8]) -> Option<BatchEntries<'a>> {
+        let mut rest = bytes;
+        let mut count = 0;
+        while !rest.is_empty() {
+            let (len, tail) = rest.split_first_chunk::<BATCH_ENTRY_PREFIX_LEN>()?;
+            let len = u32::from_le_bytes(*len) as usize;
+            rest = tail.get(len..)?;
+            count += 1;
+        }
+        (count > 0).then_some(BatchEntries { bytes, count })
+    }
+
+    /// The encoded entries, as they follow the first sequence number in the body.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// How many messages the batch carries.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The payloads, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        let mut rest = self.bytes;
+        std::iter::from_fn(move || {
+            let (len, tail) = rest.split_first_chunk::<BATCH_ENTRY_PREFIX_LEN>()?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let (payload, tail) = tail.split_at(len);
+            rest = tail;
+            Some(payload)
+        })
+    }
 }
 
 impl<'a> Frame<'a> {
@@ -316,6 +380,24 @@ impl<'a> Frame<'a> {
                 }
                 Ok(Frame::Lost { seq: Seq(seq) })
             }
+            Kind::MsgBatch => {
+                if body.len() < BATCH_PREFIX_LEN {
+                    return Err(malformed("shorter than its sequence number"));
+                }
+                let seq_first = read_u64(body, 0);
+                if seq_first == 0 {
+                    return Err(malformed("sequence number 0"));
+                }
+                let entries = BatchEntries::parse(&body[BATCH_PREFIX_LEN..])
+                    .ok_or(malformed("entries do not fill the body"))?;
+                if seq_first.checked_add(entries.count - 1).is_none() {
+                    return Err(malformed("sequence numbers overflow"));
+                }
+                Ok(Frame::MsgBatch {
+                    seq_first: Seq(seq_first),
+                    entries,
+                })
+            }
         }
     }
 
@@ -331,6 +413,7 @@ impl<'a> Frame<'a> {
             Frame::GoAway { .. } => Kind::GoAway,
             Frame::Close => Kind::Close,
             Frame::Lost { .. } => Kind::Lost,
+            Frame::MsgBatch { .. } => Kind::MsgBatch,
         }
     }
 
@@ -364,6 +447,11 @@ impl<'a> Frame<'a> {
             }
             Frame::Close => header(Kind::Close, 0).encode(out),
             Frame::Lost { seq } => encode_u64(Kind::Lost, seq.0, out),
+            Frame::MsgBatch { seq_first, entries } => {
+                header(Kind::MsgBatch, BATCH_PREFIX_LEN + entries.bytes.len()).encode(out);
+                out.extend_from_slice(&seq_first.0.to_le_bytes());
+                out.extend_from_slice(entries.bytes);
+            }
         }
     }
 }
@@ -409,11 +497,45 @@ pub fn lost_frame(seq: Seq) -> [u8; HEADER_LEN + 8] {
     frame
 }
 
+/// The header and first sequence number of a MSG_BATCH frame, with a body length of
+/// [`BATCH_PREFIX_LEN`]: the encoder appends entries and then patches the length with
+/// [`set_body_len`].
+pub fn batch_head(seq_first: Seq) -> [u8; HEADER_LEN + BATCH_PREFIX_LEN] {
+    let mut head = [0u8; HEADER_LEN + BATCH_PREFIX_LEN];
+    head[..4].copy_from_slice(&(BATCH_PREFIX_LEN as u32).to_le_bytes());
+    head[4] = Kind::MsgBatch as u8;
+    head[8..].copy_from_slice(&seq_first.0.to_le_bytes());
+    head
+}
+
+/// Overwrites the body length in the header that `frame` starts with.
+///
+/// # Panics
+///
+/// If `frame` is shorter than a header or `body_len` exceeds a u32.
+pub fn set_body_len(frame: &mut [u8], body_len: usize) {
+    let body_len = u32::try_from(body_len).expect("frame body length fits in u32");
+    frame[..4].copy_from_slice(&body_len.to_le_bytes());
+}
+
 /// The length, header included, of the well-formed frame that `bytes` starts with (as this
 /// node encoded it: the caller vouches for the header).
 pub fn encoded_frame_len(bytes: &[u8]) -> usize {
     let body_len = u32::from_le_bytes(bytes[..4].try_into().expect("a whole header"));
     HEADER_LEN + body_len as usize
+}
+
+/// How many messages the frame that `bytes` starts with carries (as this node encoded it):
+/// the number of entries of a MSG_BATCH, 1 for a MSG or LOST. `bytes` must hold the whole frame
+/// if it is a MSG_BATCH, and at least its header otherwise.
+pub fn encoded_frame_messages(bytes: &[u8]) -> u64 {
+    if bytes[4] != Kind::MsgBatch as u8 {
+        return 1;
+    }
+    let len = encoded_frame_len(bytes);
+    BatchEntries::parse(&bytes[HEADER_LEN + BATCH_PREFIX_LEN..len])
+        .expect("a batch this node encoded")
+        .count
 }
 
 /// The encoded length of a MSG frame carrying `payload_len` bytes.
@@ -551,7 +673,7 @@ impl Decoder {
 
 const PARTIAL_KEEP_MAX: usize = 64 * 1024;
 
-fn header(kind: Kind, body_len: usize) -> Header {
+pub(crate) fn header(kind: Kind, body_len: usize) -> Header {
     let body_len = u32::try_from(body_len).expect("frame body length fits in u32");
     Header {
         body_len,

@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::proto::error::ProtocolError;
 use crate::proto::frame::{self, Seq, SessionId};
@@ -83,6 +83,10 @@ pub struct TxSession {
     /// Frames encoded since the last seal: messages `open_first .. seq_next`.
     open: BytesMut,
     open_first: Seq,
+    /// Whether small messages are encoded into MSG_BATCH frames (the peer accepts them).
+    batching: bool,
+    /// The MSG_BATCH frame at the end of `open` that takes further messages, if any.
+    batch: Option<OpenBatch>,
     open_weight: u64,
     open_payload_len: usize,
     /// Transmission on the current connection: `segments[cursor]` from byte `cursor_offset` is
@@ -117,6 +121,8 @@ impl TxSession {
             segments: VecDeque::new(),
             open: BytesMut::new(),
             open_first: acked.next(),
+            batching: true,
+            batch: None,
             open_weight: 0,
             open_payload_len: 0,
             cursor: 0,
@@ -129,9 +135,10 @@ impl TxSession {
         }
     }
 
-    /// Encodes message `seq` (which must be [`TxSession::seq_next`]) as a MSG frame, copying
-    /// `payload`. `weight` is the caller's cost of holding it (say, its outbox record space),
-    /// handed back in [`Acked::weight`] once it is released.
+    /// Encodes message `seq` (which must be [`TxSession::seq_next`]), copying `payload`: into
+    /// the open MSG_BATCH frame (or a new one) while [batching](TxSession::set_batching), as a
+    /// MSG frame otherwise. `weight` is the caller's cost of holding it (say, its outbox record
+    /// space), handed back in [`Acked::weight`] once it is released.
     ///
     /// # Panics
     ///
@@ -139,19 +146,85 @@ impl TxSession {
     /// bug that would otherwise corrupt the session.
     pub fn push(&mut self, seq: Seq, payload: &[u8], weight: u64) {
         self.check_next(seq);
-        let head = frame::msg_head(seq, payload.len());
-        self.reserve(head.len() + payload.len());
-        self.open.extend_from_slice(&head);
-        self.open.extend_from_slice(payload);
+        let entry_len = frame::BATCH_ENTRY_PREFIX_LEN + payload.len();
+        if self.batching && frame::BATCH_PREFIX_LEN + entry_len <= frame::BATCH_BODY_MAX {
+            self.push_entry(seq, payload, entry_len);
+        } else {
+            self.close_batch();
+            let head = frame::msg_head(seq, payload.len());
+            self.reserve(head.len() + payload.len());
+            self.open.extend_from_slice(&head);
+            self.open.extend_from_slice(payload);
+        }
         self.open_weight += weight;
         self.open_payload_len += payload.len();
         self.seq_next = seq.next();
     }
 
+    /// Encodes consecutive messages from `seq_first` on with `payloads`, as [`TxSession::push`]
+    /// would one by one with no weight, but with the checks of the common case (another entry
+    /// for the open MSG_BATCH frame) made once per message instead of once per step.
+    ///
+    /// # Panics
+    ///
+    /// As [`TxSession::push`].
+    pub fn push_many<'p>(&mut self, seq_first: Seq, payloads: impl IntoIterator<Item = &'p [u8]>) {
+        self.check_next(seq_first);
+        for payload in payloads {
+            let entry_len = frame::BATCH_ENTRY_PREFIX_LEN + payload.len();
+            match &mut self.batch {
+                Some(batch)
+                    if batch.body_len + entry_len <= frame::BATCH_BODY_MAX
+                        && self.open.capacity() - self.open.len() >= entry_len =>
+                {
+                    batch.body_len += entry_len;
+                    self.open.put_u32_le(payload.len() as u32);
+                    self.open.extend_from_slice(payload);
+                    self.open_payload_len += payload.len();
+                    self.seq_next = self.seq_next.next();
+                }
+                _ => self.push(self.seq_next, payload, 0),
+            }
+        }
+    }
+
+    /// Appends message `seq` to the open MSG_BATCH frame, starting one if there is none or it
+    /// is full.
+    fn push_entry(&mut self, seq: Seq, payload: &[u8], entry_len: usize) {
+        let fits = self.batch.is_some_and(|batch| {
+            batch.body_len + entry_len <= frame::BATCH_BODY_MAX
+                && self.open.capacity() - self.open.len() >= entry_len
+        });
+        if !fits {
+            self.close_batch();
+            let head = frame::batch_head(seq);
+            self.reserve(head.len() + entry_len);
+            self.batch = Some(OpenBatch {
+                at: self.open.len(),
+                body_len: frame::BATCH_PREFIX_LEN,
+            });
+            self.open.extend_from_slice(&head);
+        }
+        let len = u32::try_from(payload.len()).expect("a batch entry fits in u32");
+        self.open.extend_from_slice(&len.to_le_bytes());
+        self.open.extend_from_slice(payload);
+        if let Some(batch) = &mut self.batch {
+            batch.body_len += entry_len;
+        }
+    }
+
+    /// Writes the final length of the open MSG_BATCH frame; later messages go into a new frame.
+    fn close_batch(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            frame::set_body_len(&mut self.open[batch.at..], batch.body_len);
+        }
+    }
+
     /// Like [`TxSession::push`], but keeps `payload` by reference instead of copying it: worth it
-    /// for payloads far larger than a frame header.
+    /// for payloads far larger than a frame header. Always a MSG frame.
     pub fn push_shared(&mut self, seq: Seq, payload: Bytes, weight: u64) {
         self.check_next(seq);
+        self.close_batch();
         let head = frame::msg_head(seq, payload.len());
         self.reserve(head.len());
         self.open.extend_from_slice(&head);
@@ -165,11 +238,35 @@ impl TxSession {
     /// a LOST frame; it is acknowledged like any other. Otherwise as [`TxSession::push`].
     pub fn push_lost(&mut self, seq: Seq, weight: u64) {
         self.check_next(seq);
+        self.close_batch();
         let lost = frame::lost_frame(seq);
         self.reserve(lost.len());
         self.open.extend_from_slice(&lost);
         self.open_weight += weight;
         self.seq_next = seq.next();
+    }
+
+    /// Whether to encode small messages into MSG_BATCH frames, as negotiated with the peer of
+    /// the connection being established (call before [`TxSession::resume`]). Turning it off
+    /// re-encodes every held MSG_BATCH frame as MSG frames, so a peer that does not accept
+    /// batches gets none, whatever was encoded before it answered.
+    pub fn set_batching(&mut self, batching: bool) {
+        self.batching = batching;
+        if batching {
+            return;
+        }
+        if !self.open.is_empty() {
+            self.seal(Bytes::new());
+        }
+        for segment in &mut self.segments {
+            if let Some(head) = unbatch(&segment.head) {
+                segment.head = head;
+            }
+        }
+        // The lengths changed: transmission starts over, as `resume` will say anyway.
+        self.cursor = 0;
+        self.cursor_offset = 0;
+        self.unsent_sealed = self.segments.iter().map(Segment::len).sum();
     }
 
     /// Applies a cumulative ACK.
@@ -262,6 +359,7 @@ impl TxSession {
         let count = self.unacked_count();
         self.segments.clear();
         self.open.clear();
+        self.batch = None;
         self.open_first = self.seq_next;
         self.open_weight = 0;
         self.open_payload_len = 0;
@@ -422,6 +520,7 @@ impl TxSession {
 
     /// Moves the open frames (and `tail`, the last frame's external payload) into a segment.
     fn seal(&mut self, tail: Bytes) {
+        self.close_batch();
         let head = self.open.split().freeze();
         let last = Seq(self.seq_next.0 - 1);
         debug_assert!(self.open_first <= last, "sealing an empty segment");
@@ -492,11 +591,17 @@ impl TxSession {
         if front.first > self.acked || self.cursor_offset != 0 {
             return;
         }
+        // Skip whole frames only: a MSG_BATCH that holds the first unacknowledged message goes
+        // again from its start, and the peer drops the messages in it that it has.
         let mut offset = 0;
         let mut seq = front.first;
-        while seq <= self.acked {
+        loop {
+            let count = frame::encoded_frame_messages(&front.head[offset..]);
+            if seq.0 + count - 1 > self.acked.0 {
+                break;
+            }
             offset += frame::encoded_frame_len(&front.head[offset..]);
-            seq = seq.next();
+            seq = Seq(seq.0 + count);
         }
         self.cursor_offset = offset;
         self.unsent_sealed -= offset;
@@ -515,6 +620,53 @@ impl TxSession {
 
 /// Capacity of a fresh open buffer: a few sends' worth, so small messages share allocations.
 const OPEN_LEN: usize = 64 << 10;
+
+/// A MSG_BATCH frame still taking messages: its header starts at `at` in the open buffer and
+/// its body is `body_len` bytes so far (the header says less until the batch is closed).
+#[derive(Debug, Clone, Copy)]
+struct OpenBatch {
+    at: usize,
+    body_len: usize,
+}
+
+/// `head` (frames as this node encoded them) with every MSG_BATCH frame rewritten as one MSG
+/// frame per entry; `None` if it holds no MSG_BATCH. The last frame may continue past `head`
+/// (its payload in the segment's tail): it is a MSG and is copied as it is.
+fn unbatch(head: &Bytes) -> Option<Bytes> {
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    while offset < head.len() {
+        let len = frame::encoded_frame_len(&head[offset..]).min(head.len() - offset);
+        frames.push(&head[offset..offset + len]);
+        offset += len;
+    }
+    let is_batch = |f: &&[u8]| f[4] == frame::Kind::MsgBatch as u8;
+    if !frames.iter().any(is_batch) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(head.len() + head.len() / 2);
+    for bytes in frames {
+        if !is_batch(&bytes) {
+            out.extend_from_slice(bytes);
+            continue;
+        }
+        let header = frame::Header::parse(
+            bytes[..frame::HEADER_LEN]
+                .try_into()
+                .expect("a whole header"),
+            u32::MAX,
+            0,
+        );
+        let parsed = header.and_then(|h| frame::Frame::parse(h, &bytes[frame::HEADER_LEN..]));
+        let Ok(frame::Frame::MsgBatch { seq_first, entries }) = parsed else {
+            unreachable!("a batch this node encoded");
+        };
+        for (seq, payload) in (seq_first.0..).map(Seq).zip(entries.iter()) {
+            frame::encode_msg(seq, payload, &mut out);
+        }
+    }
+    Some(Bytes::from(out))
+}
 
 /// What [`RxSession::handle_msg`] decided about one MSG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -631,19 +783,21 @@ mod tests {
         tx
     }
 
-    /// What the transmitted slices carry: (seq, Some(payload len)) per MSG, (seq, None) per
-    /// LOST.
+    /// What the transmitted slices carry: (seq, Some(payload len)) per message of a MSG or
+    /// MSG_BATCH frame, (seq, None) per LOST.
     fn decode(slices: &[Bytes]) -> Vec<(u64, Option<usize>)> {
         let mut decoder = Decoder::new(1 << 20);
         let mut frames = Vec::new();
         for slice in slices {
             decoder
                 .decode(slice, |frame| {
-                    frames.push(match frame {
-                        Frame::Msg { seq, payload } => (seq.0, Some(payload.len())),
-                        Frame::Lost { seq } => (seq.0, None),
+                    match frame {
+                        Frame::Msg { seq, payload } => frames.push((seq.0, Some(payload.len()))),
+                        Frame::MsgBatch { seq_first, entries } => frames
+                            .extend((seq_first.0..).zip(entries.iter().map(|p| Some(p.len())))),
+                        Frame::Lost { seq } => frames.push((seq.0, None)),
                         other => panic!("unexpected {other:?}"),
-                    });
+                    }
                     Ok(())
                 })
                 .unwrap();
@@ -687,7 +841,11 @@ mod tests {
 
     #[test]
     fn resume_replays_from_the_frame_after_the_peers_watermark() {
-        let mut tx = tx_with(6);
+        let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
+        tx.set_batching(false);
+        for i in 1..=6 {
+            tx.push(Seq(i), &vec![0; i as usize], i);
+        }
         transmit(&mut tx);
         tx.handle_disconnect();
         tx.resume(tx.id(), Seq(4)).unwrap();
@@ -702,6 +860,66 @@ mod tests {
         assert_eq!(acked.count, 3);
         assert_eq!(transmit(&mut tx), []);
         assert_eq!(tx.unacked_count(), 0);
+    }
+
+    #[test]
+    fn a_resume_inside_a_batch_sends_the_whole_batch_again_and_the_receiver_drops_the_rest() {
+        let mut tx = tx_with(3);
+        transmit(&mut tx);
+        for i in 4..=6 {
+            tx.push(Seq(i), &vec![0; i as usize], i);
+        }
+        transmit(&mut tx);
+        tx.handle_disconnect();
+        // 1..=3 and 4..=6 went as two batches; the peer had delivered up to 4.
+        tx.resume(tx.id(), Seq(4)).unwrap();
+        let replay = transmit(&mut tx);
+        assert_eq!(replay, [(4, Some(4)), (5, Some(5)), (6, Some(6))]);
+        let mut rx = RxSession::restore(tx.id(), Seq(4));
+        let delivered: Vec<_> = replay
+            .iter()
+            .filter(|&&(seq, _)| rx.handle_msg(Seq(seq)) == Ok(Delivery::Deliver))
+            .map(|&(seq, _)| seq)
+            .collect();
+        assert_eq!(delivered, [5, 6]);
+    }
+
+    #[test]
+    fn without_batching_held_batches_are_re_encoded_as_msg_frames() {
+        let mut tx = tx_with(3);
+        tx.push_shared(Seq(4), Bytes::from(vec![9; 20]), 4);
+        tx.push(Seq(5), &[5; 5], 5);
+        let mut batched = Vec::new();
+        tx.poll_transmit(usize::MAX, &mut batched);
+        tx.handle_disconnect();
+        tx.set_batching(false);
+        tx.resume(SessionId::NIL, Seq::ZERO).unwrap();
+        let mut slices = Vec::new();
+        tx.poll_transmit(usize::MAX, &mut slices);
+        let bytes: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+        let mut kinds = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            kinds.push(rest[4]);
+            rest = &rest[frame::encoded_frame_len(rest)..];
+        }
+        assert_eq!(kinds, [frame::Kind::Msg as u8; 5]);
+        assert_eq!(decode(&slices), decode(&batched), "the same messages");
+        assert_eq!(
+            decode(&slices),
+            [
+                (1, Some(1)),
+                (2, Some(2)),
+                (3, Some(3)),
+                (4, Some(20)),
+                (5, Some(5))
+            ]
+        );
+        // New messages go as MSG frames too.
+        tx.push(Seq(6), &[6], 6);
+        let mut out = Vec::new();
+        tx.poll_transmit(usize::MAX, &mut out);
+        assert_eq!(out[0][4], frame::Kind::Msg as u8);
     }
 
     #[test]
@@ -776,7 +994,7 @@ mod tests {
         assert!(!tx.has_room(&limits));
 
         let limits = FlowLimits {
-            unsent_bytes_max: 40,
+            unsent_bytes_max: 32,
             ..FlowLimits {
                 unacked_count_max: 100,
                 unacked_bytes_max: 100,
@@ -785,9 +1003,16 @@ mod tests {
         };
         let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
         tx.push(Seq(1), &[0; 4], 0);
-        assert_eq!(tx.unsent_len(), 20);
+        assert_eq!(
+            tx.unsent_len(),
+            24,
+            "a batch header, a length and the payload"
+        );
+        assert_eq!(tx.admits(&limits, [4, 4, 4]), 1);
         tx.push(Seq(2), &[0; 4], 0);
-        assert!(!tx.has_room(&limits), "40 encoded bytes wait");
+        assert_eq!(tx.unsent_len(), 32, "another length and payload");
+        assert!(!tx.has_room(&limits), "32 encoded bytes wait");
+        assert_eq!(tx.admits(&limits, [4]), 0);
         tx.poll_transmit(usize::MAX, &mut Vec::new());
         assert_eq!(tx.unsent_len(), 0);
         assert!(tx.has_room(&limits), "sending makes room");

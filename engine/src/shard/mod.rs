@@ -196,6 +196,7 @@ impl Shard {
         let proto_config = Arc::new(ConnectionConfig {
             node_id: config.node_id.as_str().into(),
             body_len_max: config.body_len_max,
+            batch: config.batch_frames,
             handshake_timeout: config.handshake_timeout,
             heartbeat: config.heartbeat,
             ack: config.ack,

@@ -174,9 +174,7 @@ impl LocalCtx<'_> {
     fn push<'p>(&mut self, index: PeerIndex, first: u64, payloads: impl Iterator<Item = &'p [u8]>) {
         let st = &mut *self.st;
         let ps = &mut st.peers[index];
-        for (position, payload) in (first..).zip(payloads) {
-            ps.sessions.tx.push(Seq(position + 1), payload, 0);
-        }
+        ps.sessions.tx.push_many(Seq(first + 1), payloads);
         if !ps.touched {
             ps.touched = true;
             st.touched.push(index);
