@@ -15,6 +15,7 @@
 pub(crate) mod directory;
 pub(crate) mod lock;
 pub(crate) mod record;
+pub(crate) mod recovered;
 pub(crate) mod segment;
 pub(crate) mod store;
 pub(crate) mod watermarks;

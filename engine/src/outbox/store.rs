@@ -22,7 +22,8 @@ use bytes::Bytes;
 
 use crate::outbox::lock::{SpinGuard, SpinLock};
 use crate::outbox::record;
-use crate::outbox::segment::{self, HEADER_LEN, OpenError, Scan, Segment};
+use crate::outbox::recovered::{self, RecoveredMessages, Run};
+use crate::outbox::segment::{HEADER_LEN, OpenError, Scan, Segment};
 use crate::outbox::watermarks::{Entry, Watermarks};
 use crate::proto::{Seq, SessionId};
 
@@ -51,14 +52,6 @@ pub(crate) struct SessionState {
     pub acked: Seq,
     /// The sequence number the next publish gets.
     pub next: Seq,
-}
-
-/// One unacknowledged message found at start: its payload (a view into the segment), or `None`
-/// when its record was lost to damage.
-#[derive(Debug)]
-pub(crate) struct RecoveredMessage {
-    pub seq: Seq,
-    pub payload: Option<Bytes>,
 }
 
 /// What recovery found and did, for the API, the metrics and the logs.
@@ -106,7 +99,7 @@ impl RecoveryReport {
 pub(crate) struct Recovered {
     /// Unacknowledged messages by the peer's session-table slot, in sequence order from
     /// `acked + 1`.
-    pub messages: HashMap<usize, Vec<RecoveredMessage>>,
+    pub messages: HashMap<usize, RecoveredMessages>,
     pub report: RecoveryReport,
 }
 
@@ -242,58 +235,31 @@ impl ShardOutbox {
         for slot in sessions.slots().collect::<Vec<_>>() {
             let entry = sessions.get(slot);
             acked[slot] = entry.a.0;
-            let mut records = found.remove(&slot).unwrap_or_default();
-            // Sorted runs, one per segment (appends are in seq order), usually already in order;
-            // otherwise the stable sort merges the runs in about one pass.
-            if !records.is_sorted_by_key(|r| r.0) {
-                records.sort_by_key(|r| r.0);
+            let mut runs = found.remove(&slot).unwrap_or_default();
+            // Runs in path order, one or a few per segment (appends are in seq order), usually
+            // already in order; the stable sort keeps the first of two runs that start alike.
+            if !runs.is_sorted_by_key(|r| r.seq_first) {
+                runs.sort_by_key(|r| r.seq_first);
             }
-            let seq_max = records.last().map_or(0, |r| r.0);
+            let seq_max = runs.iter().map(|r| r.seq_last).max().unwrap_or(0);
             let next = entry.b.0.max(seq_max + 1).max(entry.a.0 + 1);
             if next != entry.b.0 {
                 sessions.set_b(slot, Seq(next));
             }
-            let mut list = Vec::with_capacity((next - entry.a.0 - 1) as usize);
-            let mut bytes = 0;
-            let mut records = records.into_iter().peekable();
-            // The highest seq of this peer in each segment: the segment's mark for it.
-            let mut marks: HashMap<u32, u64> = HashMap::new();
-            for seq in entry.a.0 + 1..next {
-                let mut payload = None;
-                while let Some(&(s, index, at, total)) = records.peek() {
-                    if s > seq {
-                        break;
-                    }
-                    records.next();
-                    let mark = marks.entry(index).or_default();
-                    *mark = (*mark).max(s);
-                    if s < seq || payload.is_some() {
-                        continue; // the same seq twice cannot be written; keep the first
-                    }
-                    bytes += u64::from(total.next_multiple_of(record::RECORD_ALIGN as u32));
-                    let view = views[index as usize].as_ref().expect("scanned segment");
-                    payload = Some(view.slice(segment::payload_range(at, total)));
-                }
-                if payload.is_none() {
-                    report.lost += 1;
-                    // Acknowledged like any message, and counted like an empty one then.
-                    bytes += record::space(0) as u64;
-                } else {
-                    report.unacked += 1;
-                }
-                list.push(RecoveredMessage {
-                    seq: Seq(seq),
-                    payload,
-                });
-            }
-            for (index, mark) in marks {
-                if let Some(held) = segments[index as usize].as_mut() {
+            let recovered = RecoveredMessages::new(runs, &views, entry.a.0 + 1, next);
+            let tally = recovered.tally(segments.len());
+            report.unacked += tally.found;
+            report.lost += tally.lost;
+            for (index, &mark) in tally.marks.iter().enumerate() {
+                if mark > 0
+                    && let Some(held) = segments[index].as_mut()
+                {
                     held.marks.push((slot as u32, mark));
                 }
             }
-            if !list.is_empty() {
-                messages.insert(slot, list);
-                peer_bytes[slot] = bytes;
+            if recovered.len() > 0 {
+                messages.insert(slot, recovered);
+                peer_bytes[slot] = tally.bytes;
             }
         }
         drop(views);
@@ -616,25 +582,22 @@ struct Counts {
     torn_behind_end: bool,
 }
 
-/// An unacknowledged record: (seq, segment index, offset, total_len).
-type Found = (u64, u32, u32, u32);
-
 type Opened = Result<(Segment, Scan, Counts), OpenError>;
 
 /// Opens and scans `paths`, spread over the machine's cores in contiguous chunks. Returns each
 /// file's result in `paths` order, and per session-table slot the unacknowledged records
-/// (those above the slot's acknowledged seq), in path order.
+/// (those above the slot's acknowledged seq) as runs, in path order.
 fn scan_all(
     paths: &[PathBuf],
     targets: &HashMap<SessionId, (usize, Seq)>,
-) -> (Vec<Opened>, HashMap<usize, Vec<Found>>) {
+) -> (Vec<Opened>, HashMap<usize, Vec<Run>>) {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(paths.len())
         .max(1);
     let chunk = paths.len().div_ceil(threads).max(1);
     let mut opened = Vec::with_capacity(paths.len());
-    let mut parts: Vec<Vec<Vec<Found>>> = Vec::new();
+    let mut parts: Vec<Vec<Vec<Run>>> = Vec::new();
     std::thread::scope(|scope| {
         let workers: Vec<_> = paths
             .chunks(chunk)
@@ -647,38 +610,28 @@ fn scan_all(
             parts.push(by_slot);
         }
     });
-    // One allocation per slot, sized exactly: growing vectors of millions of entries by
-    // doubling cost more than the scan.
     let mut found = HashMap::new();
     for slot in 0..PEERS_MAX {
-        let len: usize = parts.iter().map(|p| p[slot].len()).sum();
-        if len == 0 {
-            continue;
+        let runs: Vec<Run> = parts
+            .iter_mut()
+            .flat_map(|part| std::mem::take(&mut part[slot]))
+            .collect();
+        if !runs.is_empty() {
+            found.insert(slot, runs);
         }
-        let mut records = Vec::with_capacity(len);
-        for part in &mut parts {
-            records.append(&mut part[slot]);
-        }
-        found.insert(slot, records);
     }
     (opened, found)
 }
 
 /// Scans a contiguous run of `paths`; the records found are returned by slot (a vector of
-/// `PEERS_MAX` vectors), in file order.
+/// `PEERS_MAX` vectors) as runs of consecutive records, in file order: a peer whose records lie
+/// back to back takes one entry per segment, not one per message.
 fn scan_chunk(
     paths: &[PathBuf],
     first_index: usize,
     targets: &HashMap<SessionId, (usize, Seq)>,
-) -> (Vec<Opened>, Vec<Vec<Found>>) {
-    let mut by_slot: Vec<Vec<Found>> = (0..PEERS_MAX).map(|_| Vec::new()).collect();
-    // Room for every record the files could hold, reserved (not touched) on a slot's first
-    // record: the address space is free, copying a doubling vector is not.
-    let room: usize = paths
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len() as usize / record::RECORD_HEADER_LEN)
-        .sum();
+) -> (Vec<Opened>, Vec<Vec<Run>>) {
+    let mut by_slot: Vec<Vec<Run>> = (0..PEERS_MAX).map(|_| Vec::new()).collect();
     let results = paths
         .iter()
         .enumerate()
@@ -704,11 +657,7 @@ fn scan_chunk(
                 if r.seq <= acked {
                     return; // acknowledged before the restart
                 }
-                let records = &mut by_slot[slot];
-                if records.capacity() == 0 {
-                    records.reserve(room);
-                }
-                records.push((r.seq.0, index, r.at, r.total));
+                recovered::push_record(&mut by_slot[slot], r.seq.0, index, r.at, r.total);
             });
             let (segment, scan) = opened?;
             counts.torn_behind_end = !segment.is_truncated()

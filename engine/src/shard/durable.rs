@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::SyncPolicy;
-use crate::outbox::store::{RecoveredMessage, ShardOutbox};
+use crate::outbox::recovered::RecoveredMessages;
+use crate::outbox::store::ShardOutbox;
 use crate::outbox::watermarks::Watermarks;
 use crate::proto::frame::{Seq, SessionId};
 use crate::proto::session::{RxSession, Sessions, TxSession};
@@ -19,7 +20,7 @@ pub(super) struct DurableState {
     pub(super) outbox: Arc<ShardOutbox>,
     /// Unacknowledged messages found at start, by session-table slot, taken when the peer is
     /// first seen.
-    pub(super) recovered: HashMap<usize, Vec<RecoveredMessage>>,
+    pub(super) recovered: HashMap<usize, RecoveredMessages>,
     pub(super) received: Watermarks,
     /// Per peer slot whose acknowledged seq moved this turn: the seq and the record space
     /// released; handed to the outbox once per turn.
@@ -37,8 +38,8 @@ pub(super) fn restore_sessions(
     shared: &PeerShared,
     sessions: &mut Sessions,
     rx_slot: &mut Option<(usize, SessionId)>,
-) -> std::vec::IntoIter<RecoveredMessage> {
-    let mut recovered = Vec::new();
+) -> RecoveredMessages {
+    let mut recovered = RecoveredMessages::default();
     if let Some(d) = &shared.durable
         && let Ok(slot) = d.slot
     {
@@ -57,7 +58,7 @@ pub(super) fn restore_sessions(
             tracing::error!(peer = %shared.node_id, error = %e, "no watermark slot: deduplication of this peer will not survive a restart");
         }
     }
-    recovered.into_iter()
+    recovered
 }
 
 impl State {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::net::dial::DialPlan;
 use crate::outbox::record;
-use crate::outbox::store::RecoveredMessage;
+use crate::outbox::recovered::RecoveredMessages;
 use crate::proto::frame::{Seq, SessionId};
 use crate::proto::session::{FlowLimits, Sessions};
 use crate::route::PeerShared;
@@ -41,7 +41,7 @@ pub(super) struct PeerState {
     /// Messages the outbox recovered at start and the session has not taken yet. They precede
     /// everything in the queue and are taken first, under the same flow limits, so a large
     /// backlog is not copied into memory all at once.
-    pub(super) recovered: std::vec::IntoIter<RecoveredMessage>,
+    pub(super) recovered: RecoveredMessages,
     /// A source published to this peer during the current turn (it is on `State::touched`).
     pub(super) touched: bool,
 }
@@ -61,7 +61,7 @@ impl State {
         debug_assert_eq!(shared.shard, self.id);
         let mut sessions = Sessions::new(shared.tx_session);
         let mut rx_slot = None;
-        let mut recovered = Vec::new().into_iter();
+        let mut recovered = RecoveredMessages::default();
         if let Some(durable) = &mut self.durable {
             recovered = restore_sessions(durable, shared, &mut sessions, &mut rx_slot);
         }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::outbox::recovered::RecoveredMessages;
 use crate::proto::GoAwayReason;
 
 use super::CLOSE_GRACE;
@@ -58,7 +59,7 @@ impl State {
         for (_, ps) in self.peers.iter_mut() {
             ps.dial = None;
             ps.sessions.tx.clear();
-            ps.recovered = Vec::new().into_iter();
+            ps.recovered = RecoveredMessages::default();
             for (_, confirm) in ps.confirms.drain(..) {
                 confirm.fail();
             }
