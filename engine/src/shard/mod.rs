@@ -176,9 +176,6 @@ struct State {
     dirty: Vec<ConnId>,
     /// Peers whose publish queue may hold more than one turn drained.
     drain_again: Vec<PeerIndex>,
-    /// Peers whose publishers do not wake this shard, because a send in flight will (see
-    /// `State::suppress_wakes`); drained every turn.
-    quiet: Vec<PeerIndex>,
     counters: Counters,
     rng: u64,
     shutdown: Option<Shutdown>,
@@ -233,7 +230,6 @@ impl Shard {
                 timers: BinaryHeap::new(),
                 dirty: Vec::new(),
                 drain_again: Vec::new(),
-                quiet: Vec::new(),
                 rng: seed,
                 shutdown: None,
                 now,

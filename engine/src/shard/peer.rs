@@ -91,16 +91,6 @@ impl State {
     /// Moves published messages from the ready peers' queues into their sessions.
     pub(super) fn drain_peers(&mut self) {
         let mut ready = std::mem::take(&mut self.drain_again);
-        // Peers whose wake-ups this shard suppressed (see `suppress_wakes`) are drained every
-        // turn, their flag cleared first as for a peer taken from the ready list.
-        for peer in std::mem::take(&mut self.quiet) {
-            if let Some(ps) = self.peers.get(peer) {
-                ps.shared
-                    .notified
-                    .store(false, crate::sync::Ordering::SeqCst);
-                ready.push(peer);
-            }
-        }
         for _ in 0..COMMAND_BUDGET * 16 {
             let Some(shared) = self.mailbox.ready.pop() else {
                 break;
@@ -179,35 +169,6 @@ impl State {
             if let Some(conn) = conn {
                 self.mark_dirty(conn);
             }
-        }
-        self.suppress_wakes(peer);
-    }
-
-    /// Spares the peer's publishers the wake-up of this shard while a send of the peer's
-    /// connection is in flight or about to be (the session holds unsent bytes and the turn's
-    /// flush will send them): its completion wakes the shard anyway, and the next turn drains
-    /// the peer (`drain_peers` takes the `quiet` list). A shard that drained a fast publisher's
-    /// few hundred messages and parked used to be woken by that publisher's next message, on
-    /// every turn; now the publisher fills the queue while the send is on the wire, and the
-    /// shard takes it all at the completion.
-    ///
-    /// Sound because `notified` set by the shard means what it means when a publisher sets it:
-    /// the shard will look at this peer's queue again without a wake-up. Here the in-flight
-    /// send's completion guarantees that turn, and that turn clears the flag (SeqCst) before it
-    /// pops, as for any ready peer, so the store-load handshake of `PeerShared::notify` holds.
-    fn suppress_wakes(&mut self, peer: PeerIndex) {
-        let ps = &self.peers[peer];
-        let Some(conn) = ps.conn.filter(|_| ps.established) else {
-            return;
-        };
-        let sending = self.conns.get(conn).is_some_and(|c| {
-            !c.shut && (c.send.state.is_busy() || (c.dirty && ps.sessions.tx.has_unsent()))
-        });
-        if sending {
-            ps.shared
-                .notified
-                .store(true, crate::sync::Ordering::Relaxed);
-            self.quiet.push(peer);
         }
     }
 
