@@ -120,8 +120,8 @@ def durable_section(results, m, w):
         w("Recovery: `bench`'s `recovery` fills an outbox through the public API (a peer that "
           "never connects), drops the engine, and times `Engine::start` on the directory: every "
           "segment mapped, every record's CRC checked, the unacknowledged set rebuilt (as "
-          "per-peer lists; the shard turns a list into session entries when the peer is first "
-          "used, which is not timed). Warm page cache (as after a process crash).")
+          "per-peer runs of records; the shard reads a run's records as it sends them, which is "
+          "not timed). Warm page cache (as after a process crash).")
         w("")
         w("| records | messages | segments | scan s | `Engine::start` s |")
         w("|---|---|---|---|---|")
@@ -211,9 +211,9 @@ def main():
     r_1k = m("tp1k", "ringwire", lambda r: r["mb_per_s"])
     s_1k = m("tp1k", "std", lambda r: r["mb_per_s"])
     x = ratio(r_1k, s_1k)
-    bar("throughput 1 KiB", "≥ 75% of raw TCP bytes/s",
-        f"{fmt(r_1k)} vs {fmt(s_1k)} MB/s = {x:.0%}" if x else "—",
-        None if x is None else x >= 0.75)
+    bar("throughput 1 KiB", "≥ 0.9× raw TCP (std) bytes/s",
+        f"{fmt(r_1k)} vs {fmt(s_1k)} MB/s = {x:.2f}×" if x else "—",
+        None if x is None else x >= 0.9)
     for q, name in (("p50", "p50"), ("p99", "p99")):
         a = m("lat64", "ringwire", lat(q))
         b = m("lat64", "std", lat(q))
@@ -239,20 +239,20 @@ def main():
     a = m("fanin", "ringwire", lambda r: r["msgs_per_s"])
     b = m("fanin", "tokio", lambda r: r["msgs_per_s"])
     x = ratio(a, b)
-    bar("fanin 1000 conns", "≥ 2× tokio round trips/s",
-        f"{fmt(a)} vs {fmt(b)} = {x:.2f}×" if x else "—", None if x is None else x >= 2)
+    bar("fanin 1000 conns", "≥ 1.5× tokio round trips/s",
+        f"{fmt(a)} vs {fmt(b)} = {x:.2f}×" if x else "—", None if x is None else x >= 1.5)
     mem = m("dur64", "memory", lambda r: r["msgs_per_s"])
     none = m("dur64", "outbox-none", lambda r: r["msgs_per_s"])
     always = m("dur64", "outbox-always", lambda r: r["msgs_per_s"])
     x = ratio(none, mem)
-    bar("outbox, sync none, 64 B", "≥ 80% of the same run without an outbox",
-        f"{fmt(none)} vs {fmt(mem)} = {x:.0%}" if x else "—", None if x is None else x >= 0.8)
+    bar("outbox, sync none, 64 B", "≥ 90% of the same run without an outbox",
+        f"{fmt(none)} vs {fmt(mem)} = {x:.0%}" if x else "—", None if x is None else x >= 0.9)
     bar("outbox, sync always, 64 B", "≥ 1,000,000 confirmed-durable msgs/s",
         fmt(always), None if always is None else always >= 1e6)
-    for variant, label in (("1k", "1 KiB"), ("64", "64 B")):
+    for variant, label, limit in (("1k", "1 KiB", 1.0), ("64", "64 B", 0.5)):
         t = m("recovery", variant, lambda r: r["start_s"])
-        bar(f"outbox recovery, 1 GiB of {label} messages", "< 1 s",
-            f"{t:.2f} s" if t is not None else "—", None if t is None else t < 1.0)
+        bar(f"outbox recovery, 1 GiB of {label} messages", f"< {limit:g} s",
+            f"{t:.2f} s" if t is not None else "—", None if t is None else t < limit)
     w("")
 
     # Per-workload tables.
