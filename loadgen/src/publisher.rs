@@ -88,7 +88,11 @@ pub(crate) fn publish_flat_out(
                         thread::yield_now();
                         continue;
                     }
-                    Err(_) => return,
+                    Err(_) => {
+                        // Shutting down, or the shard failed: count what was taken, then stop.
+                        tally.sent.fetch_add(accepted, Ordering::Relaxed);
+                        return;
+                    }
                 }
             }
             n += 1;
