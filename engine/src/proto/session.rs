@@ -170,20 +170,41 @@ impl TxSession {
     /// As [`TxSession::push`].
     pub fn push_many<'p>(&mut self, seq_first: Seq, payloads: impl IntoIterator<Item = &'p [u8]>) {
         self.check_next(seq_first);
-        for payload in payloads {
-            let entry_len = frame::BATCH_ENTRY_PREFIX_LEN + payload.len();
-            match &mut self.batch {
-                Some(batch)
-                    if batch.body_len + entry_len <= frame::BATCH_BODY_MAX
-                        && self.open.capacity() - self.open.len() >= entry_len =>
-                {
-                    batch.body_len += entry_len;
+        let mut payloads = payloads.into_iter();
+        loop {
+            // The common case in locals, written back once per run of entries that fit.
+            if let Some(batch) = &mut self.batch {
+                let mut body_len = batch.body_len;
+                let room = self.open.capacity() - self.open.len();
+                let mut used = 0;
+                let mut count = 0;
+                let mut payload_len = 0;
+                let mut rest = None;
+                for payload in payloads.by_ref() {
+                    let entry_len = frame::BATCH_ENTRY_PREFIX_LEN + payload.len();
+                    if body_len + entry_len > frame::BATCH_BODY_MAX || used + entry_len > room {
+                        rest = Some(payload);
+                        break;
+                    }
+                    body_len += entry_len;
+                    used += entry_len;
+                    count += 1;
+                    payload_len += payload.len();
                     self.open.put_u32_le(payload.len() as u32);
                     self.open.extend_from_slice(payload);
-                    self.open_payload_len += payload.len();
-                    self.seq_next = self.seq_next.next();
                 }
-                _ => self.push(self.seq_next, payload, 0),
+                batch.body_len = body_len;
+                self.open_payload_len += payload_len;
+                self.seq_next = Seq(self.seq_next.0 + count);
+                match rest {
+                    Some(payload) => self.push(self.seq_next, payload, 0),
+                    None => return,
+                }
+            } else {
+                match payloads.next() {
+                    Some(payload) => self.push(self.seq_next, payload, 0),
+                    None => return,
+                }
             }
         }
     }
@@ -920,6 +941,26 @@ mod tests {
         let mut out = Vec::new();
         tx.poll_transmit(usize::MAX, &mut out);
         assert_eq!(out[0][4], frame::Kind::Msg as u8);
+    }
+
+    #[test]
+    fn push_many_encodes_what_push_would_across_batch_and_buffer_limits() {
+        // Sizes that fill batches (4 KiB bodies), need a MSG of their own (over 4 KiB) and
+        // cross the open buffer's end (64 KiB).
+        let lens: Vec<usize> = (0..400).map(|i| [0, 7, 64, 1000, 5000][i % 5]).collect();
+        let payloads: Vec<Vec<u8>> = lens.iter().map(|&len| vec![len as u8; len]).collect();
+        let mut one_by_one = TxSession::new(SessionId(Uuid::from_u128(1)));
+        let mut many = TxSession::new(SessionId(Uuid::from_u128(1)));
+        for (i, payload) in payloads.iter().enumerate() {
+            one_by_one.push(Seq(i as u64 + 1), payload, 0);
+        }
+        many.push_many(Seq(1), payloads[..150].iter().map(Vec::as_slice));
+        many.push_many(Seq(151), payloads[150..].iter().map(Vec::as_slice));
+        assert_eq!(many.seq_next(), one_by_one.seq_next());
+        assert_eq!(many.unacked_payload_len(), one_by_one.unacked_payload_len());
+        let expected: Vec<_> = (1..).zip(lens.iter().map(|&l| Some(l))).collect();
+        assert_eq!(transmit(&mut many), expected);
+        assert_eq!(transmit(&mut one_by_one), expected);
     }
 
     #[test]
