@@ -335,3 +335,71 @@ fn a_node_without_batch_frames_gets_msg_frames_only() {
     a.shutdown_graceful(PATIENCE).unwrap();
     b.shutdown_graceful(PATIENCE).unwrap();
 }
+
+/// Echoes every message back to its sender from the handler, tagged 5 and numbered in arrival
+/// order: a publish from a callback on the peer's own shard, staged without the queue.
+struct Echo {
+    next: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Handler for Echo {
+    fn on_message(&self, peer: &Peer, _: MessageId, _: &[u8]) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = peer.publish(Bytes::copy_from_slice(&tagged(5, n))) {
+            self.errors.lock().unwrap().push(format!("echo {n}: {e}"));
+        }
+    }
+}
+
+/// A handler's publishes to its peer and a thread's publishes to the same peer share one
+/// sequence: everything arrives exactly once, each publisher's messages in order, with
+/// contiguous sequence numbers.
+#[test]
+fn handler_publishes_and_threads_interleave_exactly_once_in_order() {
+    const COUNT: u64 = 20_000;
+    let at_a = Arc::new(Check::default());
+    let echo = Arc::new(Echo {
+        next: AtomicU64::new(0),
+        errors: Mutex::new(Vec::new()),
+    });
+    let a = builder("node-a", 1)
+        .listen("127.0.0.1:0")
+        .handler(Arc::clone(&at_a))
+        .start()
+        .unwrap();
+    // A queue that holds everything node-b sends, so that no echo meets a full queue (a
+    // handler cannot wait for room: its shard drains the queue only after it returns).
+    let b = builder("node-b", 1)
+        .configure(|c| c.peer_queue_len = 1 << 16)
+        .handler(Arc::clone(&echo))
+        .start()
+        .unwrap();
+    let b_to_a = b
+        .connect(PeerConfig::new("node-a", [a.local_addr().unwrap()]))
+        .unwrap();
+    wait_until("connected", || is_connected(&b, "node-a"));
+    let a_to_b = a.peer("node-b");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for n in 0..COUNT {
+                publish_patiently(&a_to_b, Bytes::copy_from_slice(&tagged(1, n)));
+            }
+        });
+        s.spawn(|| {
+            for n in 0..COUNT {
+                publish_patiently(&b_to_a, Bytes::copy_from_slice(&tagged(6, n)));
+            }
+        });
+    });
+    wait_until("echoes and thread messages delivered", || {
+        at_a.total.load(Ordering::Relaxed) == 2 * COUNT
+    });
+    assert!(echo.errors.lock().unwrap().is_empty(), "{:?}", echo.errors);
+    at_a.assert_clean(&[(5, COUNT), (6, COUNT)]);
+    wait_until("everything acknowledged", || {
+        b_to_a.seq_acked() == 2 * COUNT
+    });
+    a.shutdown_graceful(PATIENCE).unwrap();
+    b.shutdown_graceful(PATIENCE).unwrap();
+}

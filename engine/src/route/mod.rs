@@ -20,6 +20,7 @@ pub(crate) mod queue;
 pub(crate) mod registry;
 pub(crate) mod router;
 pub(crate) mod source;
+pub(crate) mod stage;
 
 pub(crate) use mailbox::{Command, Mailbox};
 pub(crate) use peer::PeerShared;

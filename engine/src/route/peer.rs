@@ -16,6 +16,7 @@ use crate::route::confirm::{Confirm, ConfirmSlot};
 use crate::route::mailbox::Mailbox;
 use crate::route::queue::{Outgoing, PeerQueue};
 use crate::route::router::Router;
+use crate::route::stage;
 use crate::sync::{AtomicBool, AtomicU64, Ordering, fence};
 
 /// A handle to a remote node. Cheap to clone; usable from any thread, including handlers.
@@ -53,6 +54,23 @@ impl Peer {
 
     fn push(&self, payload: Bytes, confirm: Option<Arc<ConfirmSlot>>) -> Result<MessageId, Error> {
         self.check_accepting(payload.len())?;
+        // From a `Handler` callback on the peer's own shard: staged, no queue (route/stage.rs),
+        // while the peer holds fewer unacknowledged messages than its flow limit; beyond it the
+        // queue takes over, and pushes back when it is full.
+        let payload = if confirm.is_none() {
+            let unacked_max = self.router.config.unacked_count_max;
+            match stage::try_stage(&self.shared, payload, unacked_max) {
+                Ok(seq) => {
+                    return Ok(MessageId {
+                        session: self.shared.tx_session,
+                        seq,
+                    });
+                }
+                Err(payload) => payload,
+            }
+        } else {
+            payload
+        };
         let seq = match &self.shared.durable {
             Some(durable) => self.shared.push_durable(durable, payload, confirm)?,
             None => self

@@ -180,6 +180,8 @@ struct State {
     dirty: Vec<ConnId>,
     /// Peers whose publish queue may hold more than one turn drained.
     drain_again: Vec<PeerIndex>,
+    /// The stage's vector between turns (see `route/stage.rs`), kept for its allocation.
+    staged: Vec<crate::route::stage::Staged>,
     counters: Counters,
     rng: u64,
     shutdown: Option<Shutdown>,
@@ -234,6 +236,7 @@ impl Shard {
                 timers: BinaryHeap::new(),
                 dirty: Vec::new(),
                 drain_again: Vec::new(),
+                staged: Vec::new(),
                 rng: seed,
                 shutdown: None,
                 now,

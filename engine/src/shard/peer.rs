@@ -230,4 +230,4 @@ const UNSENT_SENDS: usize = 2;
 
 /// Payloads at least this long are sent from the publisher's own `Bytes` instead of being copied
 /// into the session's buffer: below it, the copy costs less than the extra iovec and segment.
-const SHARED_PAYLOAD_LEN_MIN: usize = 16 << 10;
+pub(super) const SHARED_PAYLOAD_LEN_MIN: usize = 16 << 10;

@@ -5,11 +5,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::proto::connection::CloseCause;
+use crate::route::stage::{self, Staged};
 
 use super::State;
 use super::conn::Phase;
 use super::events::ShardEvents;
+use super::peer::SHARED_PAYLOAD_LEN_MIN;
 use super::slots::ConnId;
+use super::window::window_grain;
+use crate::proto::frame::Seq;
 
 impl State {
     /// Bytes arrived on the socket: through the connection's link, into proto.
@@ -29,6 +33,7 @@ impl State {
 
     fn on_data(&mut self, index: ConnId, data: &[u8]) {
         let now = self.now;
+        let mut staged = None;
         let conn = &mut self.conns[index];
         match &mut conn.phase {
             Phase::Accepting(acc) => match acc.handle_bytes(data) {
@@ -48,8 +53,12 @@ impl State {
                     &mut self.counters,
                     self.durable.as_mut(),
                 );
+                // Publishes from the handler's callbacks to peers of this shard are staged and
+                // encoded right after (route/stage.rs).
+                stage::open(self.id, std::mem::take(&mut self.staged));
                 let result = proto.handle_bytes(&mut ps.sessions, data, now, &mut events);
                 events.finish();
+                staged = Some(stage::close());
                 ps.shared
                     .published
                     .seq_delivered
@@ -91,5 +100,35 @@ impl State {
             }
             Phase::Connecting { .. } | Phase::Detached => {}
         }
+        if let Some(staged) = staged {
+            self.push_staged(staged);
+        }
+    }
+
+    /// Encodes the messages a handler staged into their peers' sessions, in order, and queues
+    /// the connections for a send. Keeps the vector for the next stage.
+    fn push_staged(&mut self, mut staged: Vec<Staged>) {
+        let grain = window_grain(self.config.session_buffer_window);
+        for Staged {
+            shared,
+            seq,
+            payload,
+        } in staged.drain(..)
+        {
+            let index = self.ensure_peer(&shared);
+            let ps = &mut self.peers[index];
+            let tx = &mut ps.sessions.tx;
+            if payload.len() >= SHARED_PAYLOAD_LEN_MIN {
+                tx.push_shared(Seq(seq), payload, 0);
+            } else {
+                tx.push(Seq(seq), &payload, 0);
+            }
+            tx.handle_pushed(self.now, grain);
+            if let Some(conn) = ps.conn.filter(|_| ps.established) {
+                self.mark_dirty(conn);
+            }
+            self.arm_window(self.now);
+        }
+        self.staged = staged;
     }
 }
