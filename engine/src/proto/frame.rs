@@ -275,9 +275,7 @@ impl<'a> BatchEntries<'a> {
         let mut rest = bytes;
         let mut count = 0;
         while !rest.is_empty() {
-            let (len, tail) = rest.split_first_chunk::<BATCH_ENTRY_PREFIX_LEN>()?;
-            let len = u32::from_le_bytes(*len) as usize;
-            rest = tail.get(len..)?;
+            (_, rest) = split_entry(rest)?;
             count += 1;
         }
         (count > 0).then_some(BatchEntries { bytes, count })
@@ -297,13 +295,19 @@ impl<'a> BatchEntries<'a> {
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
         let mut rest = self.bytes;
         std::iter::from_fn(move || {
-            let (len, tail) = rest.split_first_chunk::<BATCH_ENTRY_PREFIX_LEN>()?;
-            let len = u32::from_le_bytes(*len) as usize;
-            let (payload, tail) = tail.split_at(len);
+            let (payload, tail) = split_entry(rest)?;
             rest = tail;
             Some(payload)
         })
     }
+}
+
+/// The payload of the entry `bytes` starts with, and what follows it; `None` if `bytes` is
+/// empty or the entry runs past its end.
+fn split_entry(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, tail) = bytes.split_first_chunk::<BATCH_ENTRY_PREFIX_LEN>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    (len <= tail.len()).then(|| tail.split_at(len))
 }
 
 impl<'a> Frame<'a> {
@@ -529,13 +533,19 @@ pub fn encoded_frame_len(bytes: &[u8]) -> usize {
 /// the number of entries of a MSG_BATCH, 1 for a MSG or LOST. `bytes` must hold the whole frame
 /// if it is a MSG_BATCH, and at least its header otherwise.
 pub fn encoded_frame_messages(bytes: &[u8]) -> u64 {
+    encoded_batch(bytes).map_or(1, |(_, entries)| entries.count)
+}
+
+/// The first sequence number and the entries of the MSG_BATCH frame that `bytes` starts with
+/// (as this node encoded it: whole, and valid), or `None` if it is another kind.
+pub fn encoded_batch(bytes: &[u8]) -> Option<(Seq, BatchEntries<'_>)> {
     if bytes[4] != Kind::MsgBatch as u8 {
-        return 1;
+        return None;
     }
-    let len = encoded_frame_len(bytes);
-    BatchEntries::parse(&bytes[HEADER_LEN + BATCH_PREFIX_LEN..len])
-        .expect("a batch this node encoded")
-        .count
+    let body = &bytes[HEADER_LEN..encoded_frame_len(bytes)];
+    let entries =
+        BatchEntries::parse(&body[BATCH_PREFIX_LEN..]).expect("a batch this node encoded");
+    Some((Seq(read_u64(body, 0)), entries))
 }
 
 /// The encoded length of a MSG frame carrying `payload_len` bytes.

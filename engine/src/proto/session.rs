@@ -667,23 +667,13 @@ fn unbatch(head: &Bytes) -> Option<Bytes> {
     }
     let mut out = Vec::with_capacity(head.len() + head.len() / 2);
     for bytes in frames {
-        if !is_batch(&bytes) {
-            out.extend_from_slice(bytes);
-            continue;
-        }
-        let header = frame::Header::parse(
-            bytes[..frame::HEADER_LEN]
-                .try_into()
-                .expect("a whole header"),
-            u32::MAX,
-            0,
-        );
-        let parsed = header.and_then(|h| frame::Frame::parse(h, &bytes[frame::HEADER_LEN..]));
-        let Ok(frame::Frame::MsgBatch { seq_first, entries }) = parsed else {
-            unreachable!("a batch this node encoded");
-        };
-        for (seq, payload) in (seq_first.0..).map(Seq).zip(entries.iter()) {
-            frame::encode_msg(seq, payload, &mut out);
+        match frame::encoded_batch(bytes) {
+            Some((seq_first, entries)) => {
+                for (seq, payload) in (seq_first.0..).map(Seq).zip(entries.iter()) {
+                    frame::encode_msg(seq, payload, &mut out);
+                }
+            }
+            None => out.extend_from_slice(bytes),
         }
     }
     Some(Bytes::from(out))
