@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use crate::config::Config;
 use crate::net::dial::DialPlan;
 use crate::outbox::record;
 use crate::outbox::recovered::RecoveredMessages;
 use crate::proto::frame::{Seq, SessionId};
-use crate::proto::session::{FlowLimits, Sessions};
+use crate::proto::session::{FlowLimits, Sessions, TxSession};
 use crate::route::PeerShared;
 use crate::route::confirm::ConfirmSlot;
 use crate::route::peer::Peer;
@@ -142,11 +144,7 @@ impl State {
             let seq = Seq(position + 1);
             let Outgoing { payload, confirm } = outgoing;
             let weight = weight(payload.len());
-            if payload.len() >= SHARED_PAYLOAD_LEN_MIN {
-                tx.push_shared(seq, payload, weight);
-            } else {
-                tx.push(seq, &payload, weight);
-            }
+            push_payload(tx, seq, payload, weight);
             if let Some(confirm) = confirm {
                 if sync_failed {
                     confirm.fail_sync();
@@ -230,4 +228,14 @@ const UNSENT_SENDS: usize = 2;
 
 /// Payloads at least this long are sent from the publisher's own `Bytes` instead of being copied
 /// into the session's buffer: below it, the copy costs less than the extra iovec and segment.
-pub(super) const SHARED_PAYLOAD_LEN_MIN: usize = 16 << 10;
+const SHARED_PAYLOAD_LEN_MIN: usize = 16 << 10;
+
+/// Encodes message `seq` into `tx`, keeping `payload` by reference if it is large
+/// ([`SHARED_PAYLOAD_LEN_MIN`]), copying it otherwise.
+pub(super) fn push_payload(tx: &mut TxSession, seq: Seq, payload: Bytes, weight: u64) {
+    if payload.len() >= SHARED_PAYLOAD_LEN_MIN {
+        tx.push_shared(seq, payload, weight);
+    } else {
+        tx.push(seq, &payload, weight);
+    }
+}

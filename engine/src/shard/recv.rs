@@ -5,15 +5,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::proto::connection::CloseCause;
+use crate::proto::frame::Seq;
 use crate::route::stage::{self, Staged};
 
 use super::State;
 use super::conn::Phase;
 use super::events::ShardEvents;
-use super::peer::SHARED_PAYLOAD_LEN_MIN;
+use super::peer::push_payload;
 use super::slots::ConnId;
-use super::window::window_grain;
-use crate::proto::frame::Seq;
 
 impl State {
     /// Bytes arrived on the socket: through the connection's link, into proto.
@@ -106,9 +105,9 @@ impl State {
     }
 
     /// Encodes the messages a handler staged into their peers' sessions, in order, and queues
-    /// the connections for a send. Keeps the vector for the next stage.
+    /// the connections for a send, as for a source's publishes. Keeps the vector for the next
+    /// stage.
     fn push_staged(&mut self, mut staged: Vec<Staged>) {
-        let grain = window_grain(self.config.session_buffer_window);
         for Staged {
             shared,
             seq,
@@ -117,18 +116,13 @@ impl State {
         {
             let index = self.ensure_peer(&shared);
             let ps = &mut self.peers[index];
-            let tx = &mut ps.sessions.tx;
-            if payload.len() >= SHARED_PAYLOAD_LEN_MIN {
-                tx.push_shared(Seq(seq), payload, 0);
-            } else {
-                tx.push(Seq(seq), &payload, 0);
+            push_payload(&mut ps.sessions.tx, Seq(seq), payload, 0);
+            if !ps.touched {
+                ps.touched = true;
+                self.touched.push(index);
             }
-            tx.handle_pushed(self.now, grain);
-            if let Some(conn) = ps.conn.filter(|_| ps.established) {
-                self.mark_dirty(conn);
-            }
-            self.arm_window(self.now);
         }
         self.staged = staged;
+        self.finish_local_publishes();
     }
 }

@@ -83,8 +83,9 @@ impl State {
             .min()
     }
 
-    /// Marks the sessions that sources published to and queues their connections for a send.
-    fn finish_local_publishes(&mut self) {
+    /// Marks the sessions that sources (or staged handler publishes) went to and queues their
+    /// connections for a send.
+    pub(super) fn finish_local_publishes(&mut self) {
         let grain = window_grain(self.config.session_buffer_window);
         let touched = std::mem::take(&mut self.touched);
         for &index in &touched {
