@@ -60,12 +60,7 @@ impl Peer {
         let payload = if confirm.is_none() {
             let unacked_max = self.router.config.unacked_count_max;
             match stage::try_stage(&self.shared, payload, unacked_max) {
-                Ok(seq) => {
-                    return Ok(MessageId {
-                        session: self.shared.tx_session,
-                        seq,
-                    });
-                }
+                Ok(seq) => return Ok(self.shared.message_id(seq)),
                 Err(payload) => payload,
             }
         } else {
@@ -78,10 +73,7 @@ impl Peer {
                 .push(Outgoing { payload, confirm })
                 .map_err(|back| Error::Backpressure(back.payload))?,
         };
-        Ok(MessageId {
-            session: self.shared.tx_session,
-            seq,
-        })
+        Ok(self.shared.message_id(seq))
     }
 
     /// Queues every payload in `payloads`, in order, as consecutive messages: one reservation
@@ -104,12 +96,8 @@ impl Peer {
         let len_max = self.router.config.payload_len_max();
         let large = payloads.iter().find(|p| p.len() > len_max);
         self.check_accepting(large.map_or(0, Bytes::len))?;
-        let id = |seq| MessageId {
-            session: self.shared.tx_session,
-            seq,
-        };
         if payloads.is_empty() {
-            return Ok(id(self.shared.queue.pushed() + 1));
+            return Ok(self.shared.next_id());
         }
         let len_max = self.shared.queue.capacity();
         if payloads.len() as u64 > len_max {
@@ -131,7 +119,7 @@ impl Peer {
                 position + 1
             }
         };
-        Ok(id(first))
+        Ok(self.shared.message_id(first))
     }
 
     /// Refuses a publish while the engine shuts down or the peer's shard has failed, and a
@@ -229,6 +217,19 @@ pub(crate) struct Published {
 }
 
 impl PeerShared {
+    /// The id of message `seq` of this peer's outbound session.
+    pub(crate) fn message_id(&self, seq: u64) -> MessageId {
+        MessageId {
+            session: self.tx_session,
+            seq,
+        }
+    }
+
+    /// The id the next message published to this peer will get.
+    pub(crate) fn next_id(&self) -> MessageId {
+        self.message_id(self.queue.pushed() + 1)
+    }
+
     /// Queues a message and makes sure the shard will look at this peer. Returns the message's
     /// sequence number.
     pub(crate) fn push(self: &Arc<Self>, outgoing: Outgoing) -> Result<u64, Outgoing> {

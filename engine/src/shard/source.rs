@@ -162,10 +162,7 @@ impl LocalCtx<'_> {
             }
         }
         Ok(published.unwrap_or(Published {
-            first: MessageId {
-                session: peer.shared.tx_session,
-                seq: peer.shared.queue.pushed() + 1,
-            },
+            first: peer.shared.next_id(),
             count: 0,
         }))
     }
@@ -204,25 +201,18 @@ impl LocalPublish for LocalCtx<'_> {
             return peer.publish(Bytes::copy_from_slice(payload));
         };
         self.push(index, position, std::iter::once(payload));
-        Ok(MessageId {
-            session: shared.tx_session,
-            seq: position + 1,
-        })
+        Ok(shared.message_id(position + 1))
     }
 
     fn publish_batch(&mut self, peer: &Peer, payloads: &[&[u8]]) -> Result<Published, Error> {
         let len = payloads.iter().map(|p| p.len()).max().unwrap_or(0);
         let shared = &peer.shared;
-        let next = || MessageId {
-            session: shared.tx_session,
-            seq: shared.queue.pushed() + 1,
-        };
         let Some(index) = self.fast_path(peer, len)? else {
             return self.publish_each(peer, payloads);
         };
         if payloads.is_empty() {
             return Ok(Published {
-                first: next(),
+                first: shared.next_id(),
                 count: 0,
             });
         }
@@ -242,10 +232,7 @@ impl LocalPublish for LocalCtx<'_> {
         };
         self.push(index, first, payloads[..admitted].iter().copied());
         Ok(Published {
-            first: MessageId {
-                session: shared.tx_session,
-                seq: first + 1,
-            },
+            first: shared.message_id(first + 1),
             count: admitted,
         })
     }
