@@ -27,7 +27,7 @@ impl Run {
             seq_last: seq,
             index,
             at,
-            end: at + total.next_multiple_of(record::RECORD_ALIGN as u32),
+            end: at + padded(total),
         }
     }
 
@@ -38,7 +38,7 @@ impl Run {
             return false;
         }
         self.seq_last = seq;
-        self.end = at + total.next_multiple_of(record::RECORD_ALIGN as u32);
+        self.end = at + padded(total);
         true
     }
 }
@@ -224,7 +224,7 @@ impl Iterator for RecoveredMessages {
             }
             let total = record_total(view, self.at);
             let payload = view.slice(segment::payload_range(self.at, total));
-            self.at += total.next_multiple_of(record::RECORD_ALIGN as u32);
+            self.at += padded(total);
             self.at_seq += 1;
             if seq == r.seq_last {
                 self.leave_run();
@@ -252,7 +252,12 @@ fn record_total(view: &[u8], at: u32) -> u32 {
 
 /// The space the record at `at` takes, padding included.
 fn record_space(view: &[u8], at: u32) -> u32 {
-    record_total(view, at).next_multiple_of(record::RECORD_ALIGN as u32)
+    padded(record_total(view, at))
+}
+
+/// The space a record of `total` bytes takes, padded to the record alignment.
+fn padded(total: u32) -> u32 {
+    total.next_multiple_of(record::RECORD_ALIGN as u32)
 }
 
 #[cfg(test)]
