@@ -6,19 +6,19 @@
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use loadgen::workload::{self, Pacer, Workload};
 use loadgen::{Counts, LatencyLog, Mode, Report};
-use ringwire::{Confirm, Engine, Error, Handler, MessageId, Peer, PeerConfig, Stats};
+use ringwire::{Engine, Error, Handler, MessageId, Peer, PeerConfig, Stats};
 
 use crate::node::{self, ECHO_PREFIX, NodeOptions, Sink};
 use crate::publisher::{
-    AckSamples, PacedSource, Publisher, SAMPLES_QUEUED, StreamSource, Tally, publish_batches,
-    publish_flat_out, sample_acks,
+    AckSamples, PacedSource, Publisher, StreamSource, Tally, publish_batches,
+    publish_flat_out,
 };
 use crate::{fanin, pingpong};
 
@@ -243,16 +243,13 @@ fn streams(
             }));
         }
         (false, Publisher::Thread) => {
-            let (samples_tx, samples_rx) = mpsc::sync_channel::<(Instant, Confirm)>(SAMPLES_QUEUED);
-            let sampler_log = Arc::clone(&log);
-            threads.push(thread::spawn(move || sample_acks(samples_rx, &sampler_log)));
             for peer in &peers {
                 let (peer, tally) = (peer.clone(), Arc::clone(&tally));
-                let samples = samples_tx.clone();
+                let mut samples = AckSamples::new(Arc::clone(&log));
                 let payload = Bytes::from_static(static_payload(w.size));
                 threads.push(thread::spawn(move || {
                     workload::pin_thread(core);
-                    publish_flat_out(&peer, &payload, &tally, &samples);
+                    publish_flat_out(&peer, &payload, &tally, &mut samples);
                 }));
             }
         }

@@ -2,24 +2,21 @@
 //! thread with [`Peer::publish`] per message (the default), from a thread with
 //! [`Peer::publish_batch`] of [`BATCH_LEN`], or from a [`Source`] on the client engine's shard
 //! that publishes straight into the peer's session. Also how each samples publish-to-ack
-//! latency: through a [`Confirm`] for the plain publisher, by sequence number
-//! ([`AckSamples`]) for the other two.
+//! latency: by sequence number ([`AckSamples`]), settled by the publisher itself.
 //!
 //! The shard's sources keep per-message work out of loadgen: no allocation and no atomic per
 //! message; what they published is added to the shared [`Tally`] once per poll.
 
 use std::collections::VecDeque;
-use std::future::Future as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::ValueEnum;
 use loadgen::{LatencyLog, workload};
-use ringwire::{Confirm, Error, Peer, ShardCtx, Source, SourcePoll};
+use ringwire::{Error, Peer, ShardCtx, Source, SourcePoll};
 
 /// How the client engines publish (`--publisher`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -58,75 +55,46 @@ pub struct Tally {
     pub sources_done: AtomicUsize,
 }
 
-/// Publishes as fast as the engine takes messages; every [`SAMPLE_EVERY`]th one is published
-/// with a confirmation, to sample publish-to-ack latency.
+/// Publishes as fast as the engine takes messages, one `publish` each; the sequence number of
+/// every [`SAMPLE_EVERY`]th is noted in `samples`, which this thread settles every
+/// [`SETTLE_EVERY`] publishes (no thread of its own to wake per sample: the wake-ups would
+/// land on the cores being measured).
 pub(crate) fn publish_flat_out(
     peer: &Peer,
     payload: &Bytes,
     tally: &Tally,
-    samples: &mpsc::SyncSender<(Instant, Confirm)>,
+    samples: &mut AckSamples,
 ) {
     let mut n: u64 = 0;
     while !tally.stop.load(Ordering::Relaxed) {
         let mut accepted = 0;
         for _ in 0..BATCH {
-            if n.is_multiple_of(SAMPLE_EVERY) {
-                let t = Instant::now();
-                let confirm = peer.publish_confirmed(payload.clone());
-                if confirm.id().is_none() {
-                    // Refused (queue full): the confirm already holds the error.
+            let t = n.is_multiple_of(SAMPLE_EVERY).then(Instant::now);
+            match peer.publish(payload.clone()) {
+                Ok(id) => {
+                    if let Some(t) = t {
+                        samples.note(id.seq, t);
+                    }
+                }
+                Err(Error::Backpressure(_)) => {
                     tally.refused.fetch_add(1, Ordering::Relaxed);
+                    samples.settle(peer);
                     thread::yield_now();
                     continue;
                 }
-                let _ = samples.try_send((t, confirm));
-            } else {
-                match peer.publish(payload.clone()) {
-                    Ok(_) => {}
-                    Err(Error::Backpressure(_)) => {
-                        tally.refused.fetch_add(1, Ordering::Relaxed);
-                        thread::yield_now();
-                        continue;
-                    }
-                    Err(_) => {
-                        // Shutting down, or the shard failed: count what was taken, then stop.
-                        tally.sent.fetch_add(accepted, Ordering::Relaxed);
-                        return;
-                    }
+                Err(_) => {
+                    // Shutting down, or the shard failed: count what was taken, then stop.
+                    tally.sent.fetch_add(accepted, Ordering::Relaxed);
+                    return;
                 }
             }
             n += 1;
             accepted += 1;
-        }
-        tally.sent.fetch_add(accepted, Ordering::Relaxed);
-    }
-}
-
-/// Waits for each sampled confirmation in turn (acks arrive in order) and records how long
-/// it took from publish.
-pub(crate) fn sample_acks(samples: mpsc::Receiver<(Instant, Confirm)>, log: &LatencyLog) {
-    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    for (published, mut confirm) in samples {
-        loop {
-            match std::pin::Pin::new(&mut confirm).poll(&mut cx) {
-                Poll::Ready(Ok(_)) => {
-                    let now = Instant::now();
-                    log.record(now, now - published);
-                    break;
-                }
-                Poll::Ready(Err(_)) => break,
-                Poll::Pending => thread::park_timeout(Duration::from_millis(100)),
+            if n.is_multiple_of(SETTLE_EVERY) {
+                samples.settle(peer);
             }
         }
-    }
-}
-
-struct ThreadWaker(thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
+        tally.sent.fetch_add(accepted, Ordering::Relaxed);
     }
 }
 
@@ -395,6 +363,9 @@ impl AckSamples {
 
 /// Messages published between checks of the stop flag.
 const BATCH: u64 = 1024;
+/// Plain publishes between two looks at the acknowledged sequence number for the samples:
+/// as often as the batch publisher looks (once per `publish_batch`).
+const SETTLE_EVERY: u64 = BATCH_LEN as u64;
 /// Messages per `publish_batch` call.
 pub(crate) const BATCH_LEN: usize = 64;
 /// Messages a source publishes per poll, at most: a bounded share of the shard's loop turn.
