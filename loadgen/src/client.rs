@@ -5,8 +5,8 @@
 //! client engines' shards and the threads that publish take the next core.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,7 @@ use ringwire::{Engine, Error, Handler, MessageId, Peer, PeerConfig, Stats};
 
 use crate::node::{self, ECHO_PREFIX, NodeOptions, Sink};
 use crate::publisher::{
-    AckSamples, PacedSource, Publisher, StreamSource, Tally, publish_batches,
-    publish_flat_out,
+    AckSamples, PacedSource, Publisher, StreamSource, Tally, publish_batches, publish_flat_out,
 };
 use crate::{fanin, pingpong};
 

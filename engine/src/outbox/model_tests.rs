@@ -102,9 +102,10 @@ fn open_sender(dir: &Path) -> Sender {
         },
     ) = ShardOutbox::open(&dir.join("tx"), SEGMENT_LEN, BYTES_MAX, BYTES_MAX / 2).unwrap();
     assert_eq!(report.lost, 0, "nothing was damaged");
-    let state = outbox.session(PEER).unwrap();
+    let state = outbox.session(PEER);
+    let slot = state.claim.get().expect("the table has room");
     let mut tx = TxSession::resuming(state.session, state.acked);
-    for m in messages.remove(&state.slot).unwrap_or_default() {
+    for m in messages.remove(&slot).unwrap_or_default() {
         let payload = m.payload.expect("no record is damaged");
         tx.push(m.seq, &payload, record::space(payload.len()) as u64);
     }
@@ -113,11 +114,7 @@ fn open_sender(dir: &Path) -> Sender {
         state.next,
         "recovery rebuilds up to the next seq"
     );
-    Sender {
-        outbox,
-        slot: state.slot,
-        tx,
-    }
+    Sender { outbox, slot, tx }
 }
 
 fn open_receiver(dir: &Path) -> Receiver {

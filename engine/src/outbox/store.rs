@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,14 +44,51 @@ pub(crate) enum AppendError {
 }
 
 /// A peer's outbound session as the outbox knows it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct SessionState {
-    /// The peer's slot in the session table.
-    pub slot: usize,
+    /// The peer's hold on its slot in the session table (none if the table was full).
+    pub claim: Arc<SlotClaim>,
     pub session: SessionId,
     pub acked: Seq,
     /// The sequence number the next publish gets.
     pub next: Seq,
+}
+
+/// A peer's hold on a slot of the session table.
+///
+/// The table has [`PEERS_MAX`] slots and peers come and go, so a slot is not a peer's for
+/// life: when the table is full and another peer needs one, the outbox takes back the slot of
+/// a peer with nothing unacknowledged (its seqs say so and no record of it is owed) and clears
+/// that peer's claim. Nothing is lost: the peer's next publish claims a slot again for the
+/// same session, its acknowledged seq the last one it published. A peer whose slot was taken
+/// and that publishes nothing more starts a new session after a restart, which is safe for the
+/// same reason: its peer holds everything it sent.
+///
+/// Changed only under the outbox lock; the shard reads it without, when it reports
+/// acknowledgements. That read cannot race a reclaim: a peer with an acknowledgement not yet
+/// released still has something unacknowledged in the outbox's eyes.
+#[derive(Debug)]
+pub(crate) struct SlotClaim(AtomicU32);
+
+const NO_SLOT: u32 = u32::MAX;
+
+impl SlotClaim {
+    fn new(slot: Option<usize>) -> SlotClaim {
+        SlotClaim(AtomicU32::new(slot.map_or(NO_SLOT, |s| s as u32)))
+    }
+
+    /// The slot, if the peer holds one.
+    pub(crate) fn get(&self) -> Option<usize> {
+        match self.0.load(Ordering::Relaxed) {
+            NO_SLOT => None,
+            slot => Some(slot as usize),
+        }
+    }
+
+    fn set(&self, slot: Option<usize>) {
+        self.0
+            .store(slot.map_or(NO_SLOT, |s| s as u32), Ordering::Relaxed);
+    }
 }
 
 /// What recovery found and did, for the API, the metrics and the logs.
@@ -139,6 +176,8 @@ struct Inner {
     acked: Vec<u64>,
     /// By slot: record space of the peer's unacknowledged messages.
     peer_bytes: Vec<u64>,
+    /// By slot: the claim of the peer of this process that holds it, cleared if it is taken.
+    owners: Vec<Option<Arc<SlotClaim>>>,
 }
 
 const NO_SEGMENT: u32 = u32::MAX;
@@ -174,6 +213,11 @@ impl ShardOutbox {
         let started = Instant::now();
         std::fs::create_dir_all(dir)?;
         let sessions = Watermarks::open(&dir.join("sessions"), PEERS_MAX)?;
+        let damaged = sessions.damaged();
+        if damaged > 0 {
+            // Their sessions' unacknowledged records have no peer to go to.
+            tracing::error!(dir = %dir.display(), slots = damaged, "damaged outbox session-table slots");
+        }
         let mut report = RecoveryReport::default();
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -213,8 +257,9 @@ impl ShardOutbox {
                 tracing::error!(path = %path.display(), offset = at, len, "damaged records in outbox segment");
             }
             if counts.orphans > 0 {
-                // The session table lost these sessions' slots: no peer to deliver to.
-                tracing::error!(path = %path.display(), records = counts.orphans, "outbox records of unknown sessions");
+                // Sessions whose slots were taken back once everything in them was
+                // acknowledged (see `SlotClaim`); a damaged slot is reported below.
+                tracing::debug!(path = %path.display(), records = counts.orphans, "outbox records of retired sessions");
             }
             id_next = id_next.max(segment.id() + 1);
             segments.push(Some(Held {
@@ -289,6 +334,7 @@ impl ShardOutbox {
                 current: vec![(NO_SEGMENT, 0); PEERS_MAX],
                 acked,
                 peer_bytes,
+                owners: vec![None; PEERS_MAX],
             }),
         };
         // Recovered segments are never appended to again; those whose marks are all
@@ -300,24 +346,39 @@ impl ShardOutbox {
     }
 
     /// The outbound session for `node_id`: the persisted one, or a new one (stored at once).
-    pub(crate) fn session(&self, node_id: &str) -> io::Result<SessionState> {
+    /// If the session table has no slot for a new peer, not even one taken back from an idle
+    /// peer, the session is new and unclaimed: the peer's first publish tries again.
+    pub(crate) fn session(&self, node_id: &str) -> SessionState {
         let mut inner = self.lock_inner();
-        let slot = inner.sessions.find_or_claim(node_id)?;
-        let mut entry = inner.sessions.get(slot);
-        if entry.session == SessionId::NIL {
-            entry = Entry {
-                session: SessionId(uuid::Uuid::new_v4()),
-                a: Seq::ZERO,
-                b: Seq(1),
+        let claim = Arc::new(SlotClaim::new(None));
+        if let Some(slot) = inner.sessions.find(node_id) {
+            let mut entry = inner.sessions.get(slot);
+            if entry.session == SessionId::NIL {
+                entry = Entry {
+                    session: SessionId(uuid::Uuid::new_v4()),
+                    a: Seq::ZERO,
+                    b: Seq(1),
+                };
+                inner.sessions.set(slot, entry);
+            }
+            inner.own(slot, &claim);
+            return SessionState {
+                claim,
+                session: entry.session,
+                acked: entry.a,
+                next: entry.b,
             };
-            inner.sessions.set(slot, entry);
         }
-        Ok(SessionState {
-            slot,
-            session: entry.session,
-            acked: entry.a,
-            next: entry.b,
-        })
+        let session = SessionId(uuid::Uuid::new_v4());
+        if let Err(e) = inner.claim(node_id, &claim, session, Seq(1)) {
+            tracing::warn!(peer = node_id, error = %e, "no outbox session slot yet; the peer's publishes will try again");
+        }
+        SessionState {
+            claim,
+            session,
+            acked: Seq::ZERO,
+            next: Seq(1),
+        }
     }
 
     /// Takes the append lock.
@@ -494,6 +555,29 @@ impl Appender<'_> {
         Ok(())
     }
 
+    /// The peer's slot in the session table: the one its claim holds, or one claimed now (a
+    /// free slot, or one taken back from an idle peer) for `session`, whose next seq is
+    /// `next`: every earlier one is acknowledged, since a peer loses its slot only then.
+    /// `None` when every slot belongs to a peer with something unacknowledged.
+    pub(crate) fn slot(
+        &mut self,
+        claim: &Arc<SlotClaim>,
+        node_id: &str,
+        session: SessionId,
+        next: Seq,
+    ) -> Option<usize> {
+        if let Some(slot) = claim.get() {
+            return Some(slot);
+        }
+        match self.inner.claim(node_id, claim, session, next) {
+            Ok(slot) => Some(slot),
+            Err(e) => {
+                tracing::warn!(peer = node_id, error = %e, "no outbox session slot");
+                None
+            }
+        }
+    }
+
     /// Records the next seq a peer's session will assign: one store into the session table.
     pub(crate) fn set_next(&mut self, slot: usize, next: Seq) {
         self.inner.sessions.set_b(slot, next);
@@ -554,6 +638,70 @@ impl Inner {
             }
         }
         self.sealed.push(index);
+    }
+
+    /// Gives `claim` a slot for `node_id` with `session`, every seq before `next` acknowledged:
+    /// a free slot, or failing that one taken back from an idle peer.
+    fn claim(
+        &mut self,
+        node_id: &str,
+        claim: &Arc<SlotClaim>,
+        session: SessionId,
+        next: Seq,
+    ) -> io::Result<usize> {
+        let slot = match self.sessions.claim(node_id) {
+            Ok(slot) => slot,
+            Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+                let Some(idle) = self.idle_slot() else {
+                    return Err(e);
+                };
+                self.take_back(idle);
+                self.sessions.reassign(idle, node_id)?;
+                idle
+            }
+            Err(e) => return Err(e),
+        };
+        let acked = Seq(next.0 - 1);
+        self.sessions.set(
+            slot,
+            Entry {
+                session,
+                a: acked,
+                b: next,
+            },
+        );
+        self.acked[slot] = acked.0;
+        self.peer_bytes[slot] = 0;
+        self.current[slot] = (NO_SEGMENT, 0);
+        self.own(slot, claim);
+        Ok(slot)
+    }
+
+    fn own(&mut self, slot: usize, claim: &Arc<SlotClaim>) {
+        claim.set(Some(slot));
+        self.owners[slot] = Some(Arc::clone(claim));
+    }
+
+    /// A slot whose peer has nothing unacknowledged: all its seqs acknowledged, no record
+    /// space owed.
+    fn idle_slot(&self) -> Option<usize> {
+        self.sessions.slots().find(|&slot| {
+            let entry = self.sessions.get(slot);
+            entry.a.0 + 1 >= entry.b.0 && self.peer_bytes[slot] == 0
+        })
+    }
+
+    /// Takes `slot` back from its peer: clears the peer's claim and forgets the slot's marks
+    /// (all acknowledged), so the segments that held its records trim as if it had none.
+    fn take_back(&mut self, slot: usize) {
+        if let Some(owner) = self.owners[slot].take() {
+            owner.set(None);
+        }
+        self.current[slot] = (NO_SEGMENT, 0);
+        for held in self.segments.iter_mut().flatten() {
+            held.marks.retain(|&(s, _)| s as usize != slot);
+        }
+        self.trim();
     }
 
     /// Moves sealed segments whose marks are all acknowledged to `drained`.
@@ -675,4 +823,124 @@ fn scan_chunk(
 /// The directory of shard `shard`'s outbox under `root`.
 pub(crate) fn shard_dir(root: &Path, shard: usize) -> PathBuf {
     root.join(format!("shard-{shard}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir() -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "ringwire-slots-{}-{:x}",
+            std::process::id(),
+            uuid::Uuid::new_v4().as_u128() as u64
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    const SEGMENT_LEN: usize = 1 << 20;
+
+    fn open(dir: &Path) -> (ShardOutbox, Recovered) {
+        ShardOutbox::open(dir, SEGMENT_LEN, 64 << 20, 1 << 20).unwrap()
+    }
+
+    /// Appends the peer's message `seq` as `publish` does: claim, record, next seq.
+    fn publish(outbox: &ShardOutbox, id: &str, state: &SessionState, seq: Seq) -> Option<usize> {
+        let mut appender = outbox.appender();
+        let slot = appender.slot(&state.claim, id, state.session, seq)?;
+        appender
+            .append(slot, state.session, seq, id.as_bytes())
+            .unwrap();
+        appender.set_next(slot, seq.next());
+        Some(slot)
+    }
+
+    fn ack(outbox: &ShardOutbox, state: &SessionState, seq: Seq, id: &str) {
+        let slot = state
+            .claim
+            .get()
+            .expect("a peer with unacknowledged messages has a slot");
+        outbox.release(&[(slot, seq, record::space(id.len()) as u64)]);
+    }
+
+    #[test]
+    fn a_full_session_table_takes_slots_back_only_from_idle_peers() {
+        let dir = temp_dir();
+        let (outbox, _) = open(&dir.0);
+        let ids: Vec<String> = (0..PEERS_MAX).map(|i| format!("peer-{i}")).collect();
+        let states: Vec<SessionState> = ids.iter().map(|id| outbox.session(id)).collect();
+        assert!(states.iter().all(|s| s.claim.get().is_some()));
+        // Every peer sends message 1; all but the first half are acknowledged.
+        for (id, state) in ids.iter().zip(&states) {
+            publish(&outbox, id, state, Seq(1)).unwrap();
+        }
+        let busy = PEERS_MAX / 2;
+        for (id, state) in ids.iter().zip(&states).skip(busy) {
+            ack(&outbox, state, Seq(1), id);
+        }
+
+        // A newcomer gets an idle peer's slot; that peer's claim is cleared, nobody else's.
+        let late = outbox.session("late");
+        let taken = late.claim.get().expect("an idle slot is taken back");
+        publish(&outbox, "late", &late, Seq(1)).unwrap();
+        let lost: Vec<usize> = (0..PEERS_MAX)
+            .filter(|&i| states[i].claim.get().is_none())
+            .collect();
+        assert_eq!(lost.len(), 1, "one peer lost its slot");
+        let victim = lost[0];
+        assert!(victim >= busy, "only an idle peer loses its slot");
+        assert!(states.iter().all(|s| s.claim.get() != Some(taken)));
+
+        // The victim publishes again: it claims a slot (another idle peer's) for the same
+        // session and continues its sequence.
+        let slot = publish(&outbox, &ids[victim], &states[victim], Seq(2)).unwrap();
+        let entry = outbox.lock_inner().sessions.get(slot);
+        assert_eq!(
+            (entry.session, entry.a, entry.b),
+            (states[victim].session, Seq(1), Seq(3))
+        );
+        assert_eq!(
+            states.iter().filter(|s| s.claim.get().is_none()).count(),
+            1,
+            "the victim's claim cost another idle peer its slot"
+        );
+
+        // Once every slot holds something unacknowledged, nothing is taken back.
+        for (i, (id, state)) in ids.iter().zip(&states).enumerate().skip(busy) {
+            if i != victim && state.claim.get().is_some() {
+                publish(&outbox, id, state, Seq(2)).unwrap();
+            }
+        }
+        let stranger = outbox.session("stranger");
+        assert_eq!(stranger.claim.get(), None, "no idle peer is left");
+        assert_eq!(publish(&outbox, "stranger", &stranger, Seq(1)), None);
+        drop(outbox);
+
+        // After a restart every unacknowledged message is there, under its peer's session.
+        let (outbox, recovered) = open(&dir.0);
+        assert_eq!(recovered.report.lost, 0);
+        assert_eq!(recovered.report.unacked, PEERS_MAX as u64);
+        for (id, state) in ids.iter().zip(&states) {
+            if state.claim.get().is_none() {
+                continue;
+            }
+            let again = outbox.session(id);
+            assert_eq!(again.session, state.session, "{id} keeps its session");
+            let unacked = recovered
+                .messages
+                .get(&again.claim.get().unwrap())
+                .map_or(0, RecoveredMessages::len);
+            assert_eq!(unacked, 1, "{id} has one message to resend");
+        }
+        assert_eq!(outbox.session("late").session, late.session);
+    }
 }

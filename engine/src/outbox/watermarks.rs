@@ -216,21 +216,59 @@ impl Watermarks {
         self.map.flush()
     }
 
-    fn claim(&mut self, node_id: &str) -> io::Result<usize> {
-        assert!(!node_id.is_empty() && node_id.len() <= NODE_ID_MAX);
+    /// Claims a free slot for `node_id`, with a nil session.
+    ///
+    /// # Errors
+    ///
+    /// `StorageFull` when every slot is taken.
+    pub(crate) fn claim(&mut self, node_id: &str) -> io::Result<usize> {
         let Some(free) = (0..self.slots).find(|&i| self.slot(i)[1] == 0) else {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!("all {} watermark slots are taken", self.slots),
             ));
         };
-        let s = self.slot_mut(free);
-        s.fill(0);
-        s[NODE_ID..NODE_ID + node_id.len()].copy_from_slice(node_id.as_bytes());
-        s[1] = node_id.len() as u8;
-        let crc = crc32c::crc32c(&s[1..COPY_A]);
-        s[CRC..CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        self.write_node_id(free, node_id);
         Ok(free)
+    }
+
+    /// Gives the claimed `slot` to `node_id`, with a nil session. A crash part way leaves the
+    /// slot free, never a mix of the two peers.
+    pub(crate) fn reassign(&mut self, slot: usize, node_id: &str) -> io::Result<()> {
+        if slot >= self.slots {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no watermark slot {slot}"),
+            ));
+        }
+        self.write_node_id(slot, node_id);
+        Ok(())
+    }
+
+    /// Slots that were claimed but fail their checksum (their peer's state is lost).
+    pub(crate) fn damaged(&self) -> usize {
+        (0..self.slots)
+            .filter(|&i| self.slot(i)[1] != 0 && self.node_id(i).is_none())
+            .count()
+    }
+
+    /// Writes `node_id` into `slot` with a nil session: the length byte last, so the slot
+    /// stays free (length 0) until the id and its checksum are whole.
+    fn write_node_id(&mut self, slot: usize, node_id: &str) {
+        assert!(!node_id.is_empty() && node_id.len() <= NODE_ID_MAX);
+        let s = self.slot_mut(slot);
+        s[1] = 0;
+        s[0] = 0;
+        s[NODE_ID..].fill(0);
+        s[NODE_ID..NODE_ID + node_id.len()].copy_from_slice(node_id.as_bytes());
+        let mut checked = [0u8; COPY_A - 1];
+        checked.copy_from_slice(&s[1..COPY_A]);
+        checked[0] = node_id.len() as u8;
+        let crc = crc32c::crc32c(&checked);
+        s[CRC..CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        // Nothing above may be moved after the store that makes the slot claimed.
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::Release);
+        s[1] = node_id.len() as u8;
     }
 
     fn slot(&self, i: usize) -> &[u8] {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 
 use crate::error::Error;
-use crate::outbox::store::{AppendError, ShardOutbox};
+use crate::outbox::store::{AppendError, ShardOutbox, SlotClaim};
 use crate::proto::id::{MessageId, NodeId};
 use crate::proto::{Seq, SessionId};
 use crate::route::ShardId;
@@ -181,9 +181,9 @@ impl PartialEq for Peer {
 #[derive(Debug)]
 pub(crate) struct Durable {
     pub outbox: Arc<ShardOutbox>,
-    /// The peer's slot in the outbox's session table, or why it has none (the table is full);
-    /// without one, publishing to the peer fails.
-    pub slot: Result<usize, String>,
+    /// The peer's hold on a slot of the outbox's session table; a publish claims one if the
+    /// peer has none (the table was full, or the slot was taken back while the peer was idle).
+    pub claim: Arc<SlotClaim>,
     /// The acknowledged seq the session table held at start.
     pub acked_at_start: Seq,
 }
@@ -246,16 +246,6 @@ impl PeerShared {
         payload: Bytes,
         confirm: Option<Arc<ConfirmSlot>>,
     ) -> Result<u64, Error> {
-        let slot = match &durable.slot {
-            Ok(slot) => *slot,
-            Err(why) => {
-                tracing::warn!(peer = %self.node_id, why, "peer has no outbox session");
-                return Err(Error::OutboxFull {
-                    payload,
-                    disk_full: false,
-                });
-            }
-        };
         let mut appender = durable.outbox.appender();
         // Every producer of this queue holds the append lock, so it cannot fill up between
         // this check and the push below, and the next position is ours.
@@ -263,6 +253,13 @@ impl PeerShared {
             return Err(Error::Backpressure(payload));
         }
         let seq = Seq(self.queue.pushed() + 1);
+        let Some(slot) = appender.slot(&durable.claim, self.node_id.as_str(), self.tx_session, seq)
+        else {
+            return Err(Error::OutboxFull {
+                payload,
+                disk_full: false,
+            });
+        };
         if let Err(e) = appender.append(slot, self.tx_session, seq, &payload) {
             return Err(append_error(e, payload));
         }
@@ -287,17 +284,18 @@ impl PeerShared {
         let mut refused = None;
         let first = Seq(self.queue.pushed() + 1);
         {
-            let slot = match &durable.slot {
-                Ok(slot) => *slot,
-                Err(why) => {
-                    tracing::warn!(peer = %self.node_id, why, "peer has no outbox session");
-                    return Err(Error::OutboxFull {
-                        payload: payloads[0].clone(),
-                        disk_full: false,
-                    });
-                }
-            };
             let mut appender = durable.outbox.appender();
+            let Some(slot) = appender.slot(
+                &durable.claim,
+                self.node_id.as_str(),
+                self.tx_session,
+                first,
+            ) else {
+                return Err(Error::OutboxFull {
+                    payload: payloads[0].clone(),
+                    disk_full: false,
+                });
+            };
             for payload in payloads.iter() {
                 // Every producer holds the append lock: the room and the position stay ours.
                 if !self.queue.has_room_exclusive() {

@@ -63,14 +63,12 @@ impl Registry {
                 let mut seq_next = Seq(1);
                 let durable = outboxes.get(shard.0).map(|outbox| {
                     let state = outbox.session(node_id.as_str());
-                    if let Ok(state) = &state {
-                        tx_session = state.session;
-                        seq_next = state.next;
-                    }
+                    tx_session = state.session;
+                    seq_next = state.next;
                     Durable {
                         outbox: Arc::clone(outbox),
-                        acked_at_start: state.as_ref().map_or(Seq::ZERO, |s| s.acked),
-                        slot: state.map(|s| s.slot).map_err(|e| e.to_string()),
+                        acked_at_start: state.acked,
+                        claim: state.claim,
                     }
                 });
                 Arc::new(PeerShared {

@@ -40,11 +40,13 @@ pub(super) fn restore_sessions(
     rx_slot: &mut Option<(usize, SessionId)>,
 ) -> RecoveredMessages {
     let mut recovered = RecoveredMessages::default();
-    if let Some(d) = &shared.durable
-        && let Ok(slot) = d.slot
-    {
+    if let Some(d) = &shared.durable {
         sessions.tx = TxSession::resuming(shared.tx_session, d.acked_at_start);
-        recovered = durable.recovered.remove(&slot).unwrap_or_default();
+        // A peer without a slot has nothing recovered: a slot with unacknowledged records is
+        // never taken back.
+        if let Some(slot) = d.claim.get() {
+            recovered = durable.recovered.remove(&slot).unwrap_or_default();
+        }
     }
     match durable.received.find_or_claim(shared.node_id.as_str()) {
         Ok(slot) => {

@@ -55,7 +55,7 @@ impl<'a> ShardEvents<'a> {
     pub(super) fn finish(self) {
         if let (Some(seq), Some(durable), Some(d)) =
             (self.acked, self.durable, &self.peer.shared.durable)
-            && let Ok(slot) = d.slot
+            && let Some(slot) = d.claim.get()
         {
             durable.acked.push((slot, seq, self.acked_bytes));
         }
