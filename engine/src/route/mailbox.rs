@@ -41,6 +41,10 @@ pub(crate) struct Mailbox {
     pub ready: SegQueue<Arc<PeerShared>>,
     parked: CachePadded<AtomicBool>,
     eventfd: EventFd,
+    /// The CPU the thread that last woke the shard ran on, plus one (0: none or unknown).
+    /// A scheduling hint, not part of the wake-up handshake, so loom's model leaves it out.
+    #[cfg(not(loom))]
+    waker_cpu: std::sync::atomic::AtomicU32,
 }
 
 impl Mailbox {
@@ -50,6 +54,8 @@ impl Mailbox {
             ready: SegQueue::new(),
             parked: CachePadded::new(AtomicBool::new(false)),
             eventfd: EventFd::new()?,
+            #[cfg(not(loom))]
+            waker_cpu: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -75,8 +81,25 @@ impl Mailbox {
                 .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
+            #[cfg(not(loom))]
+            self.waker_cpu.store(
+                crate::sys::affinity::current_cpu().map_or(0, |cpu| cpu + 1),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             self.eventfd.signal();
         }
+    }
+
+    /// Whether the thread that woke the parked shard ran on the CPU the shard runs on now.
+    /// Called by the shard once it is awake; forgets the waker.
+    pub(crate) fn woken_from_this_cpu(&self) -> bool {
+        #[cfg(not(loom))]
+        {
+            let waker = self.waker_cpu.swap(0, std::sync::atomic::Ordering::Relaxed);
+            waker != 0 && crate::sys::affinity::current_cpu() == Some(waker - 1)
+        }
+        #[cfg(loom)]
+        false
     }
 
     /// Called by the shard before it sleeps. Returns `false` (and stays awake) if work arrived.

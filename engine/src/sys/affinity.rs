@@ -16,3 +16,12 @@ pub(crate) fn pin_to_core(core: usize) -> io::Result<()> {
     ))
     .map(drop)
 }
+
+/// The CPU the calling thread runs on (it may move right after, unless pinned); `None` where
+/// the kernel cannot tell. (The loom model of the mailbox leaves out its only user.)
+#[cfg(not(loom))]
+pub(crate) fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).ok()
+}
