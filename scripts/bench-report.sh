@@ -47,7 +47,8 @@ WORKLOADS=(
   "pp64busy|--mode pingpong --size 64 --busy-poll"
 )
 STACKS=(ringwire std tokio tokio-uring)
-# loadgen --publisher values run beside the default (thread) in tp64, as stacks ringwire-<value>.
+# loadgen --publisher values run beside the default (thread) in tp64 and tp1k, as stacks
+# ringwire-<value>.
 PUBLISHERS=(batch shard)
 # variant|flags — the durable outbox rows, all 64 B throughput through loadgen.
 DURABLE=(
@@ -111,7 +112,7 @@ for run in $(seq 1 "$RUNS"); do
         rm -f "$json"
       fi
     done
-    if [[ $name == tp64 ]]; then
+    if [[ $name == tp64 || $name == tp1k ]]; then
       for publisher in "${PUBLISHERS[@]}"; do
         # shellcheck disable=SC2086
         run_one "$name" "ringwire-$publisher" "$run" $LOADGEN run $flags --publisher "$publisher" \

@@ -17,7 +17,7 @@ RAW, LOADGEN, RUNS, DURATION, WARMUP = sys.argv[1:6]
 DOC = "docs/benchmarks.md"
 CHARTS = "docs/bench"
 STACKS = ["ringwire", "std", "tokio", "tokio-uring"]
-# loadgen --publisher variants run in tp64 beside the default (thread), which is "ringwire".
+# loadgen --publisher variants run in tp64 and tp1k beside the default (thread), "ringwire".
 PUBLISHER_ROWS = {
     "ringwire-batch": "ringwire, `--publisher batch`",
     "ringwire-shard": "ringwire, `--publisher shard`",
@@ -75,8 +75,8 @@ def ratio(a, b):
 
 
 def rows_of(workload):
-    """The stacks with a row in a workload's table, in order: tp64 adds the publishers."""
-    if workload == "tp64":
+    """The stacks with a row in a workload's table, in order: tp64 and tp1k add the publishers."""
+    if workload in ("tp64", "tp1k"):
         return ["ringwire", *PUBLISHER_ROWS, *STACKS[1:]]
     return STACKS
 
@@ -84,7 +84,7 @@ def rows_of(workload):
 def row_label(workload, stack):
     if stack in PUBLISHER_ROWS:
         return PUBLISHER_ROWS[stack]
-    if workload == "tp64" and stack == "ringwire":
+    if workload in ("tp64", "tp1k") and stack == "ringwire":
         return "ringwire, `--publisher thread`"
     return stack
 
