@@ -70,6 +70,18 @@ def fmt(v, unit=""):
     return f"{v:.1f}{unit}"
 
 
+def busy(reports):
+    """How busy the serving side's core (0) and the load side's (1) were in the measured window,
+    medians over the runs, from `cpu_window_s` (threads by the core they are pinned to)."""
+    def share(core):
+        shares = [r["cpu_window_s"][core] / r["duration_s"] for r in reports
+                  if core in r.get("cpu_window_s", {}) and r.get("duration_s")]
+        return f"{statistics.median(shares):.0%}" if shares else "?"
+    if not any(r.get("cpu_window_s") for r in reports):
+        return "—"
+    return f"{share('0')} / {share('1')}"
+
+
 def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
@@ -268,8 +280,8 @@ def main():
             continue
         w(f"## {title}")
         w("")
-        w("| stack | msgs/s | MB/s | p50 µs | p99 µs | p99.9 µs | CPU s | ringwire ÷ stack |")
-        w("|---|---|---|---|---|---|---|---|")
+        w("| stack | msgs/s | MB/s | p50 µs | p99 µs | p99.9 µs | CPU s | busy: serving / load core | ringwire ÷ stack |")
+        w("|---|---|---|---|---|---|---|---|---|")
         base = m(workload, "ringwire", lambda r: r["msgs_per_s"])
         for stack in rows_of(workload):
             label = row_label(workload, stack)
@@ -277,7 +289,7 @@ def main():
             if not reports:
                 why = "not supported" if os.path.exists(
                     os.path.join(RAW, f"{workload}.{stack}.unsupported")) else "no run finished"
-                w(f"| {label} | {why} | | | | | | |")
+                w(f"| {label} | {why} | | | | | | | |")
                 continue
             rates = [r["msgs_per_s"] for r in reports]
             rate = statistics.median(rates)
@@ -298,7 +310,8 @@ def main():
               f"| {fmt(m(workload, stack, lat('p50')))}{note} "
               f"| {fmt(m(workload, stack, lat('p99')))} "
               f"| {fmt(m(workload, stack, lat('p999')))} "
-              f"| {fmt(m(workload, stack, lambda r: r['cpu_s']))} | {rel} |")
+              f"| {fmt(m(workload, stack, lambda r: r['cpu_s']))} "
+              f"| {busy(reports)} | {rel} |")
         w("")
         # Charts from the median run of each stack.
         medians = [(s, median_run(results[(workload, s)])) for s in rows_of(workload)

@@ -2,6 +2,7 @@
 //! `bench/`), so that runs compare field by field. The JSON schema is documented in
 //! docs/loadgen.md; bump [`SCHEMA`] when a field changes meaning.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::Path;
@@ -70,6 +71,11 @@ pub struct Report {
     pub latency_distribution: Vec<(f64, f64)>,
     /// CPU seconds this process used during the whole run (both sides when embedded).
     pub cpu_s: f64,
+    /// CPU seconds used in the measured window, by the core the threads are pinned to (`"0"`,
+    /// `"1"`, …; `"unpinned"` for the rest): with the serving side on the first cores and the
+    /// load side on the next, how busy each side was.
+    #[serde(default)]
+    pub cpu_window_s: BTreeMap<String, f64>,
     /// Completed messages per second, sampled through the run (time from the end of warm-up).
     pub timeline: Vec<Sample>,
     /// The engine's own counters (ringwire only): name → value.
@@ -426,6 +432,14 @@ impl Report {
             latency_us: total.as_ref().and_then(percentiles),
             latency_distribution: total.as_ref().map(distribution).unwrap_or_default(),
             cpu_s: cpu.as_secs_f64(),
+            cpu_window_s: window
+                .cpu_by_core
+                .iter()
+                .map(|(core, used)| {
+                    let key = core.map_or_else(|| "unpinned".to_owned(), |c| c.to_string());
+                    (key, used.as_secs_f64())
+                })
+                .collect(),
             timeline: window.timeline.clone(),
             engine: None,
             machine: Machine::this(),

@@ -2,6 +2,7 @@
 //! open-loop pacing, timestamps carried in payloads, the measurement window with its live
 //! progress line, and the thread placement that keeps runs comparable.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -173,6 +174,9 @@ pub struct Window {
     /// The completion count at `start` and at `end`.
     pub completed: (u64, u64),
     pub timeline: Vec<Sample>,
+    /// CPU time this process's threads used in the window, by the one core each is pinned
+    /// to (`None`: threads not pinned to a single core).
+    pub cpu_by_core: BTreeMap<Option<usize>, Duration>,
 }
 
 impl Window {
@@ -206,6 +210,7 @@ pub fn measure(
     }
     let first = completed();
     let start = Instant::now();
+    let cpu_start = thread_cpu();
     let mut timeline = Vec::new();
     let (mut last_t, mut last_n) = (start, first);
     while Instant::now() < end && !stop() {
@@ -225,12 +230,86 @@ pub fn measure(
         progress.draw(start, n - first, p99, "");
     }
     let end = Instant::now();
+    let cpu_end = thread_cpu();
     progress.finish();
+    let mut cpu_by_core = BTreeMap::new();
+    for (tid, (core, used)) in cpu_end {
+        let before = cpu_start
+            .get(&tid)
+            .map_or(Duration::ZERO, |&(_, used)| used);
+        *cpu_by_core.entry(core).or_default() += used.saturating_sub(before);
+    }
     Window {
         start,
         end,
         completed: (first, completed()),
         timeline,
+        cpu_by_core,
+    }
+}
+
+/// Each thread of this process: the one core it is pinned to (if it is pinned to exactly one)
+/// and the CPU time (user + system) it has used, from `/proc/self/task`. A thread that exits
+/// between two readings drops out of the difference, so read while the run's threads live.
+fn thread_cpu() -> HashMap<u32, (Option<usize>, Duration)> {
+    let mut threads = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return threads;
+    };
+    // SAFETY: sysconf reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces, so split at its closing
+        // parenthesis): state is field 3, utime and stime fields 14 and 15.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let used = tick(11) + tick(12);
+        let cpu = Duration::from_nanos(used * 1_000_000_000 / ticks);
+        threads.insert(tid, (pinned_core(tid), cpu));
+    }
+    threads
+}
+
+/// The core thread `tid` is pinned to, if its affinity is exactly one core.
+fn pinned_core(tid: u32) -> Option<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size into it.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(
+            tid as libc::pid_t,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &mut set,
+        ) != 0
+        {
+            return None;
+        }
+        set
+    };
+    let cores: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `i` is below CPU_SETSIZE.
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect();
+    match cores[..] {
+        [core] => Some(core),
+        _ => None,
     }
 }
 
