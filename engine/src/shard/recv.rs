@@ -117,6 +117,7 @@ impl State {
             let index = self.ensure_peer(&shared);
             let ps = &mut self.peers[index];
             push_payload(&mut ps.sessions.tx, Seq(seq), payload, 0);
+            ps.local_producer = true;
             if !ps.touched {
                 ps.touched = true;
                 self.touched.push(index);

@@ -79,7 +79,7 @@ impl Shard {
             if let Phase::Linked { peer, proto } = &mut conn.phase {
                 let ps = &mut st.peers[*peer];
                 let sessions = &mut ps.sessions;
-                let budget = st.config.send_batch_bytes_max;
+                let budget = super::peer::send_budget(&st.config, ps.local_producer);
                 let sent = conn.link.poll_transmit(&mut conn.out, |out, data| {
                     proto.poll_transmit(sessions, now, out, data, budget)
                 });

@@ -173,6 +173,7 @@ impl LocalCtx<'_> {
         let st = &mut *self.st;
         let ps = &mut st.peers[index];
         ps.sessions.tx.push_many(Seq(first + 1), payloads);
+        ps.local_producer = true;
         if !ps.touched {
             ps.touched = true;
             st.touched.push(index);
@@ -189,7 +190,7 @@ impl LocalPublish for LocalCtx<'_> {
         if !ps
             .sessions
             .tx
-            .has_room(&flow_limits(&self.st.config, ps.established))
+            .has_room(&flow_limits(&self.st.config, ps.established, true))
         {
             // The payload stays the caller's (it was borrowed): no copy, no allocation.
             return Err(Error::Backpressure(Bytes::new()));
@@ -217,7 +218,7 @@ impl LocalPublish for LocalCtx<'_> {
             });
         }
         let ps = &self.st.peers[index];
-        let limits = flow_limits(&self.st.config, ps.established);
+        let limits = flow_limits(&self.st.config, ps.established, true);
         let admitted = ps
             .sessions
             .tx
