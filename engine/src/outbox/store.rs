@@ -73,8 +73,9 @@ pub(crate) struct SlotClaim(AtomicU32);
 const NO_SLOT: u32 = u32::MAX;
 
 impl SlotClaim {
-    fn new(slot: Option<usize>) -> SlotClaim {
-        SlotClaim(AtomicU32::new(slot.map_or(NO_SLOT, |s| s as u32)))
+    /// A claim that holds no slot yet.
+    fn unclaimed() -> SlotClaim {
+        SlotClaim(AtomicU32::new(NO_SLOT))
     }
 
     /// The slot, if the peer holds one.
@@ -350,7 +351,7 @@ impl ShardOutbox {
     /// peer, the session is new and unclaimed: the peer's first publish tries again.
     pub(crate) fn session(&self, node_id: &str) -> SessionState {
         let mut inner = self.lock_inner();
-        let claim = Arc::new(SlotClaim::new(None));
+        let claim = Arc::new(SlotClaim::unclaimed());
         if let Some(slot) = inner.sessions.find(node_id) {
             let mut entry = inner.sessions.get(slot);
             if entry.session == SessionId::NIL {
@@ -656,7 +657,7 @@ impl Inner {
                     return Err(e);
                 };
                 self.take_back(idle);
-                self.sessions.reassign(idle, node_id)?;
+                self.sessions.reassign(idle, node_id);
                 idle
             }
             Err(e) => return Err(e),

@@ -234,15 +234,8 @@ impl Watermarks {
 
     /// Gives the claimed `slot` to `node_id`, with a nil session. A crash part way leaves the
     /// slot free, never a mix of the two peers.
-    pub(crate) fn reassign(&mut self, slot: usize, node_id: &str) -> io::Result<()> {
-        if slot >= self.slots {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("no watermark slot {slot}"),
-            ));
-        }
+    pub(crate) fn reassign(&mut self, slot: usize, node_id: &str) {
         self.write_node_id(slot, node_id);
-        Ok(())
     }
 
     /// Slots that were claimed but fail their checksum (their peer's state is lost).
@@ -257,9 +250,10 @@ impl Watermarks {
     fn write_node_id(&mut self, slot: usize, node_id: &str) {
         assert!(!node_id.is_empty() && node_id.len() <= NODE_ID_MAX);
         let s = self.slot_mut(slot);
+        // Free the slot (length 0) before anything of the old entry is overwritten.
         s[1] = 0;
-        s[0] = 0;
-        s[NODE_ID..].fill(0);
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::Release);
+        s.fill(0);
         s[NODE_ID..NODE_ID + node_id.len()].copy_from_slice(node_id.as_bytes());
         let mut checked = [0u8; COPY_A - 1];
         checked.copy_from_slice(&s[1..COPY_A]);
