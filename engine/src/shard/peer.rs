@@ -49,6 +49,9 @@ pub(super) struct PeerState {
     /// The session's latest messages were published on this shard (by a source or a
     /// handler) rather than drained from the publish queue: see [`send_budget`].
     pub(super) local_producer: bool,
+    /// The latest drain from the publish queue took messages of [`LARGE_PAYLOAD_LEN`] bytes
+    /// or more on average: see [`send_budget`].
+    pub(super) large_payloads: bool,
 }
 
 impl PeerState {
@@ -86,6 +89,7 @@ impl State {
             recovered,
             touched: false,
             local_producer: false,
+            large_payloads: false,
         });
         self.peer_by_key.insert(shared.key, index);
         if self.peers[index].has_queued() {
@@ -128,12 +132,16 @@ impl State {
             }
         };
         let mut count = 0;
+        let mut bytes = 0;
         while count < DRAIN_BUDGET && tx.has_room(&limits) {
             let Some(message) = ps.recovered.next() else {
                 break;
             };
             match message.payload {
-                Some(payload) => tx.push(message.seq, &payload, weight(payload.len())),
+                Some(payload) => {
+                    bytes += payload.len();
+                    tx.push(message.seq, &payload, weight(payload.len()));
+                }
                 None => tx.push_lost(message.seq, weight(0)),
             }
             count += 1;
@@ -148,6 +156,7 @@ impl State {
             let seq = Seq(position + 1);
             let Outgoing { payload, confirm } = outgoing;
             let weight = weight(payload.len());
+            bytes += payload.len();
             push_payload(tx, seq, payload, weight);
             if let Some(confirm) = confirm {
                 if sync_failed {
@@ -162,6 +171,7 @@ impl State {
             let grain = window_grain(self.config.session_buffer_window);
             tx.handle_pushed(self.now, grain);
             ps.local_producer = false;
+            ps.large_payloads = large_payloads(count, bytes);
         }
         let conn = ps.conn.filter(|_| ps.established);
         if count == DRAIN_BUDGET {
@@ -212,20 +222,35 @@ impl State {
 }
 
 /// Bytes one send carries at most for a session whose messages are published on the shard
-/// itself: one loopback/GSO segment. A source produces between the shard's sends, so sending
-/// each turn's production in one piece keeps the connection under the pacing rate of a
-/// congestion control that paces (BBR with no `fq` qdisc arms a timer for the rest of a larger
-/// send) and sends the frames while they are in cache: the shard source ran 18–26 % faster
-/// with it. Messages drained from the publish queue come in bursts after the publishers ran
-/// and go out in `send_batch_bytes_max` sends: capped at 64 KiB too, the thread publishers
-/// lost 7–16 % (more sends, more wake-ups of the receiver, more loop turns on a shared core).
-const LOCAL_SEND_BYTES_MAX: usize = 64 << 10;
+/// itself, or are large ([`LARGE_PAYLOAD_LEN`]): one loopback/GSO segment. A send larger than
+/// that makes a congestion control that paces (BBR with no `fq` qdisc) arm a timer for the
+/// rest, and the timer's softirq then sends it: at 1 KiB from a publishing thread, 256 KiB
+/// sends spent some 60 ns a message more in interrupt and softirq handling than 64 KiB sends,
+/// which ran 8–14 % faster. A source produces between the shard's sends, so sending each
+/// turn's production in one piece also sends the frames while they are in cache: the shard
+/// source ran 18–26 % faster with it.
+///
+/// Small messages drained from the publish queue keep `send_batch_bytes_max` sends: capped at
+/// 64 KiB too, the thread publishers lost 7–16 % at 64 B (a send, a completion and a loop turn
+/// per 964 messages instead of per 3855). At 256 B, 512 B and 4 KiB the cap measured neither
+/// better nor worse.
+const CAPPED_SEND_BYTES_MAX: usize = 64 << 10;
+
+/// From this average payload length up, messages drained from the publish queue go out in
+/// sends of at most [`CAPPED_SEND_BYTES_MAX`].
+const LARGE_PAYLOAD_LEN: usize = 256;
+
+/// Whether a drain of `count` messages holding `bytes` of payload makes the session's sends
+/// the capped ones (see [`CAPPED_SEND_BYTES_MAX`]).
+fn large_payloads(count: usize, bytes: usize) -> bool {
+    bytes >= count * LARGE_PAYLOAD_LEN
+}
 
 /// The bytes one send of this session carries at most: smaller for messages published on the
-/// shard (see [`LOCAL_SEND_BYTES_MAX`]).
-pub(super) fn send_budget(config: &Config, local_producer: bool) -> usize {
-    if local_producer {
-        config.send_batch_bytes_max.min(LOCAL_SEND_BYTES_MAX)
+/// shard and for large ones (see [`CAPPED_SEND_BYTES_MAX`]).
+pub(super) fn send_budget(config: &Config, local_producer: bool, large_payloads: bool) -> usize {
+    if local_producer || large_payloads {
+        config.send_batch_bytes_max.min(CAPPED_SEND_BYTES_MAX)
     } else {
         config.send_batch_bytes_max
     }
@@ -239,9 +264,10 @@ pub(super) fn flow_limits(config: &Config, established: bool, local_producer: bo
         unacked_bytes_max: config.unacked_bytes_max,
         // Encoding far ahead only helps while there is a connection to send on; while the
         // peer is away the session takes up to its unacknowledged limits, as it would have
-        // sent them.
+        // sent them. Queue-drained sessions encode as far ahead with capped sends as without,
+        // so that a capped send is followed at once by the next.
         unsent_bytes_max: if established {
-            UNSENT_SENDS * send_budget(config, local_producer)
+            UNSENT_SENDS * send_budget(config, local_producer, false)
         } else {
             usize::MAX
         },

@@ -79,7 +79,8 @@ impl Shard {
             if let Phase::Linked { peer, proto } = &mut conn.phase {
                 let ps = &mut st.peers[*peer];
                 let sessions = &mut ps.sessions;
-                let budget = super::peer::send_budget(&st.config, ps.local_producer);
+                let budget =
+                    super::peer::send_budget(&st.config, ps.local_producer, ps.large_payloads);
                 let sent = conn.link.poll_transmit(&mut conn.out, |out, data| {
                     proto.poll_transmit(sessions, now, out, data, budget)
                 });
