@@ -23,7 +23,12 @@
 //! cannot tear. A new session is written into the inactive copy first and becomes current with
 //! a one-byte store of `active`, so a crash leaves either the old triple or the new one, never
 //! the new session with the old seqs.
+//!
+//! The node ids are also indexed in memory, read once at open and kept in step by every claim:
+//! finding a peer's slot takes one hash lookup, not a checksum of every slot (4096 of them for
+//! each new peer, which a flood of HELLOs would have turned into seconds of shard time).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -40,6 +45,21 @@ pub(crate) struct Watermarks {
     map: MmapMut,
     file: Arc<File>,
     slots: usize,
+    index: Index,
+}
+
+/// What the table holds, as read at open and kept in step since: which slot holds which node
+/// id, which slots are free, and how many failed their checksum.
+#[derive(Debug, Default)]
+struct Index {
+    /// The node id of each claimed, intact slot.
+    ids: Vec<Option<Box<str>>>,
+    /// The slot of each node id (the lowest, should a crash have left one id in two slots).
+    slot_of: HashMap<Box<str>, usize>,
+    /// Free slots, the lowest last.
+    free: Vec<usize>,
+    /// Claimed slots that failed their checksum at open.
+    damaged: usize,
 }
 
 /// A slot's current session and its two seqs (receiver: delivered, unused; sender: acknowledged,
@@ -89,11 +109,7 @@ impl Watermarks {
             let crc = crc32c::crc32c(&map[0..16]);
             map[16..20].copy_from_slice(&crc.to_le_bytes());
             map.flush()?;
-            return Ok(Watermarks {
-                map,
-                file: Arc::new(file),
-                slots,
-            });
+            return Ok(Watermarks::indexed(map, Arc::new(file), slots));
         }
         // SAFETY: as above.
         let map = unsafe { MmapMut::map_mut(&file)? };
@@ -116,16 +132,40 @@ impl Watermarks {
         if len != HEADER_LEN + slots * SLOT_LEN {
             return Err(invalid("size does not match its slot count"));
         }
-        Ok(Watermarks {
+        Ok(Watermarks::indexed(map, Arc::new(file), slots))
+    }
+
+    /// The table over `map`, its slots read into the in-memory index.
+    fn indexed(map: MmapMut, file: Arc<File>, slots: usize) -> Watermarks {
+        let mut table = Watermarks {
             map,
-            file: Arc::new(file),
+            file,
             slots,
-        })
+            index: Index::default(),
+        };
+        let mut index = Index {
+            ids: Vec::with_capacity(slots),
+            ..Index::default()
+        };
+        for slot in 0..slots {
+            let id = table.read_node_id(slot);
+            match &id {
+                Some(id) => {
+                    index.slot_of.entry((*id).into()).or_insert(slot);
+                }
+                None if table.slot(slot)[1] == 0 => index.free.push(slot),
+                None => index.damaged += 1,
+            }
+            index.ids.push(id.map(Into::into));
+        }
+        index.free.reverse();
+        table.index = index;
+        table
     }
 
     /// The slot that holds `node_id`, if any.
     pub(crate) fn find(&self, node_id: &str) -> Option<usize> {
-        (0..self.slots).find(|&i| self.node_id(i) == Some(node_id))
+        self.index.slot_of.get(node_id).copied()
     }
 
     /// The slot that holds `node_id`, claiming a free one (with a nil session) if there is none.
@@ -140,8 +180,14 @@ impl Watermarks {
         }
     }
 
-    /// The node id in `slot`, unless the slot is free or fails its checksum.
+    /// The node id in `slot`, unless the slot is free or failed its checksum at open.
+    #[cfg(test)]
     pub(crate) fn node_id(&self, slot: usize) -> Option<&str> {
+        self.index.ids[slot].as_deref()
+    }
+
+    /// The node id stored in `slot`, unless the slot is free or fails its checksum.
+    fn read_node_id(&self, slot: usize) -> Option<&str> {
         let s = self.slot(slot);
         let len = usize::from(s[1]);
         let intact = len > 0
@@ -197,7 +243,7 @@ impl Watermarks {
 
     /// Every claimed, intact slot.
     pub(crate) fn slots(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.slots).filter(|&i| self.node_id(i).is_some())
+        (0..self.slots).filter(|&i| self.index.ids[i].is_some())
     }
 
     /// A handle for syncing the file from outside whatever lock guards this table.
@@ -222,7 +268,7 @@ impl Watermarks {
     ///
     /// `StorageFull` when every slot is taken.
     pub(crate) fn claim(&mut self, node_id: &str) -> io::Result<usize> {
-        let Some(free) = (0..self.slots).find(|&i| self.slot(i)[1] == 0) else {
+        let Some(free) = self.index.free.pop() else {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!("all {} watermark slots are taken", self.slots),
@@ -238,11 +284,10 @@ impl Watermarks {
         self.write_node_id(slot, node_id);
     }
 
-    /// Slots that were claimed but fail their checksum (their peer's state is lost).
+    /// Slots that were claimed but failed their checksum at open (their peer's state is
+    /// lost). They stay out of use.
     pub(crate) fn damaged(&self) -> usize {
-        (0..self.slots)
-            .filter(|&i| self.slot(i)[1] != 0 && self.node_id(i).is_none())
-            .count()
+        self.index.damaged
     }
 
     /// Writes `node_id` into `slot` with a nil session: the length byte last, so the slot
@@ -263,6 +308,15 @@ impl Watermarks {
         // Nothing above may be moved after the store that makes the slot claimed.
         std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::Release);
         s[1] = node_id.len() as u8;
+        let index = &mut self.index;
+        if let Some(old) = index.ids[slot].take()
+            && index.slot_of.get(&old) == Some(&slot)
+        {
+            index.slot_of.remove(&old);
+        }
+        let id: Box<str> = node_id.into();
+        index.slot_of.entry(id.clone()).or_insert(slot);
+        index.ids[slot] = Some(id);
     }
 
     fn slot(&self, i: usize) -> &[u8] {
@@ -338,6 +392,27 @@ mod tests {
         assert_eq!(w.node_id(b), Some("node-b"));
         w.set(b, entry(1, 5, 5));
         assert_eq!(w.get(b), entry(1, 5, 5));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_reassigned_slot_is_found_under_its_new_id_only_also_after_reopening() {
+        let path = temp_path("reassign");
+        {
+            let mut w = Watermarks::open(&path, 3).unwrap();
+            let a = w.find_or_claim("node-a").unwrap();
+            let b = w.find_or_claim("node-b").unwrap();
+            w.reassign(a, "node-c");
+            assert_eq!((w.find("node-a"), w.find("node-c")), (None, Some(a)));
+            assert_eq!(w.node_id(a), Some("node-c"));
+            assert_eq!(w.find_or_claim("node-a").unwrap(), 2, "the free slot");
+            assert_eq!(w.find("node-b"), Some(b));
+        }
+        let w = Watermarks::open(&path, 3).unwrap();
+        assert_eq!(w.find("node-c"), Some(0));
+        assert_eq!(w.find("node-b"), Some(1));
+        assert_eq!(w.find("node-a"), Some(2));
+        assert_eq!(w.slots().collect::<Vec<_>>(), [0, 1, 2]);
         std::fs::remove_file(&path).unwrap();
     }
 
