@@ -201,7 +201,10 @@ fn ten_receiver_kills_lose_nothing_and_duplicate_at_most_one_each() {
 /// in the middle of writing records, and each restart recovers a torn tail or a clean end.
 #[test]
 fn sender_kills_in_full_flight_deliver_every_message_exactly_once() {
-    const BURST: u64 = 3_000_000;
+    // Enough that five kills land before a fast sender is done: at 10 M msgs/s and a kill
+    // every 90 ms on average (minus each restart's start-up), 6 M take some ten restarts. With
+    // 3 M and kills every 150 ms, a run on a fast machine finished after four.
+    const BURST: u64 = 6_000_000;
     let mut rng = Rng::new("sender kills in full flight");
     let dir = TempDir::new("burst");
     let (state, outbox) = (dir.0.join("rx"), dir.0.join("tx"));
@@ -210,7 +213,7 @@ fn sender_kills_in_full_flight_deliver_every_message_exactly_once() {
     let mut killed = 0;
     for _ in 0..20 {
         let mut sender = send_with(&listen, &outbox, BURST, &[]);
-        std::thread::sleep(rng.pause(50, 250));
+        std::thread::sleep(rng.pause(30, 150));
         if sender.try_wait().unwrap().is_some() {
             break; // finished before this kill: the rest of the run is the check below
         }
