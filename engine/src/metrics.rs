@@ -66,6 +66,9 @@ counters! {
     protocol_errors,
     /// Dialers refused because the engine already knows `peers_max` peers.
     peers_refused,
+    /// TLS connections closed on a TLS failure (a handshake that failed, a certificate that
+    /// does not name the node id, a corrupt record).
+    tls_failures,
     /// Calls into the kernel to submit or wait (`io_uring_enter`).
     ring_enters,
     /// Event-loop turns.

@@ -2,6 +2,7 @@
 //! checks exactly-once, in-order delivery, a patient publisher, and skipping a test whose
 //! prerequisite (root, a kernel feature, an installed package) this machine lacks.
 
+pub mod certs;
 pub mod cut;
 
 use std::collections::HashMap;

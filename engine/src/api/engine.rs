@@ -21,6 +21,7 @@ use crate::route::handler::Handler;
 use crate::route::peer::Peer;
 use crate::route::router::{Router, ShardFailure};
 use crate::route::{Command, Mailbox, Registry};
+use crate::security::tls::TlsContext;
 use crate::{outbox, proto, route, shard, sys};
 
 /// A running node: its shards, listener and peers. Dropping it stops the shards at once;
@@ -56,6 +57,14 @@ impl Engine {
 
     pub(crate) fn start_shared(config: Config, handler: Arc<dyn Handler>) -> Result<Engine, Error> {
         config.validate()?;
+        // Certificates and keys are read before anything binds or opens: a bad file is a
+        // configuration error that names it.
+        let tls = match &config.tls {
+            Some(tls) => Some(Arc::new(
+                TlsContext::load(tls).map_err(Error::InvalidConfig)?,
+            )),
+            None => None,
+        };
         let config = Arc::new(config);
         let mailboxes = (0..config.shards)
             .map(|_| Mailbox::new().map(Arc::new))
@@ -103,6 +112,7 @@ impl Engine {
                 listener,
                 ready: ready_tx.clone(),
                 durable: stores.pop(),
+                tls: tls.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ringwire-{}-{index}", router.config.node_id))

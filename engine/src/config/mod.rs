@@ -9,6 +9,7 @@ use crate::net::backoff::Backoff;
 use crate::proto::ack::AckPolicy;
 use crate::proto::frame::{BODY_LEN_MAX_DEFAULT, MSG_PREFIX_LEN, NODE_ID_LEN_MAX};
 use crate::proto::heartbeat::HeartbeatConfig;
+use crate::security::TlsConfig;
 
 /// Every engine setting. Built by [`EngineBuilder`](crate::EngineBuilder); each field's doc
 /// gives its default.
@@ -85,6 +86,9 @@ pub struct Config {
     /// `msgs_window_exceeded` counter, once each; they are not dropped (default 5 minutes, the
     /// seeds' `SessionBufferWindow`). Tracked to within 1 % of the window (10 ms to 1 s).
     pub session_buffer_window: Duration,
+    /// TLS 1.3 on every connection, accepted and dialed (default `None`: plaintext). A node
+    /// with TLS refuses plaintext dialers and dials only over TLS. See docs/security.md.
+    pub tls: Option<TlsConfig>,
 }
 
 /// When outbox records are written to disk, and what `publish_confirmed` then promises.
@@ -134,6 +138,7 @@ impl Config {
             outbox_bytes_max: 1 << 30,
             outbox_peer_bytes_max: 256 << 20,
             session_buffer_window: Duration::from_secs(300),
+            tls: None,
         }
     }
 

@@ -129,6 +129,9 @@ pub enum GoAwayReason {
     Replaced,
     /// The node is overloaded; retry after the hinted delay.
     Overloaded,
+    /// The sender could not prove it is the node it claims to be (its certificate does not
+    /// name the node id of its HELLO).
+    Unauthenticated,
     /// A code this build does not know.
     Other(u16),
 }
@@ -151,6 +154,7 @@ impl GoAwayReason {
             Self::SequenceError => 11,
             Self::Replaced => 12,
             Self::Overloaded => 13,
+            Self::Unauthenticated => 14,
             Self::Other(code) => code,
         }
     }
@@ -172,6 +176,7 @@ impl GoAwayReason {
             11 => Self::SequenceError,
             12 => Self::Replaced,
             13 => Self::Overloaded,
+            14 => Self::Unauthenticated,
             other => Self::Other(other),
         }
     }

@@ -11,6 +11,7 @@ use crate::PeerConfig;
 use crate::proto::handshake::HelloInfo;
 use crate::route::peer::PeerShared;
 use crate::route::source::Source;
+use crate::security::tls::TlsLink;
 use crate::sync::{AtomicBool, EventFd, Ordering, SegQueue, fence};
 
 /// A control command for a shard.
@@ -26,6 +27,8 @@ pub(crate) enum Command {
         fd: OwnedFd,
         hello: HelloInfo,
         peer: Arc<PeerShared>,
+        /// The connection's TLS state, if it is encrypted: it moves with the socket.
+        tls: Option<Box<TlsLink>>,
     },
     /// Poll this source every turn, on this shard, until it is done.
     AddSource(Box<dyn Source>),

@@ -1,6 +1,67 @@
-//! Security: the only code that will name rustls (the TLS adapter on the shard's link layer),
-//! node identity checks, AUTH and rate limits.
+//! Security: the TLS adapter on the shard's link layer (`tls.rs`, the only file that names
+//! rustls) and node identity in certificates (`identity.rs`). AUTH and rate limits come next.
 //!
-//! Empty until the security issue lands; it is declared now so the layout, and the seam in
-//! `shard::link` where TLS plugs in, are in place. Must never depend on `shard`, `route` or
-//! `api`: like `proto`, it takes bytes and time from the caller.
+//! Must never depend on `shard`, `route` or `api`: like `proto`, it takes bytes from the caller
+//! and hands bytes back; the shard moves them between the ring and proto.
+
+use std::path::PathBuf;
+
+pub(crate) mod identity;
+pub(crate) mod tls;
+
+/// TLS 1.3 for every connection of an engine, from PEM files (see docs/security.md).
+///
+/// Both sides present a certificate from `cert_path` (with its chain) and `key_path`, and
+/// verify the other's chain against the CA certificates in `ca_cert_path`. Files made by
+/// `openssl req`/`openssl x509` work: certificates as `CERTIFICATE` blocks, the key as PKCS#8,
+/// PKCS#1 (RSA) or SEC1 (EC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// This node's certificate chain, leaf first (PEM).
+    pub cert_path: PathBuf,
+    /// This node's private key (PEM).
+    pub key_path: PathBuf,
+    /// The CA certificates a peer's chain must lead to (PEM, one or more).
+    pub ca_cert_path: PathBuf,
+    /// Whether a dialer must present a certificate (mutual TLS; default `true`). Without it a
+    /// dialer may connect with no certificate, and is then not identified by one.
+    pub require_client_auth: bool,
+    /// How a peer's certificate must name its node id (default
+    /// [`NodeIdVerification::SubjectAltName`]).
+    pub node_id_verification: NodeIdVerification,
+}
+
+impl TlsConfig {
+    /// Mutual TLS with node ids checked against the certificates' DNS subject alternative
+    /// names: the settings for production.
+    pub fn new(
+        cert_path: impl Into<PathBuf>,
+        key_path: impl Into<PathBuf>,
+        ca_cert_path: impl Into<PathBuf>,
+    ) -> TlsConfig {
+        TlsConfig {
+            cert_path: cert_path.into(),
+            key_path: key_path.into(),
+            ca_cert_path: ca_cert_path.into(),
+            require_client_auth: true,
+            node_id_verification: NodeIdVerification::SubjectAltName,
+        }
+    }
+}
+
+/// How a peer's certificate must name the node id it claims (seed 002's `node_id_verification`).
+///
+/// A dialer checks the certificate of the node it dials against the node id it dials; an
+/// acceptor checks a dialer's certificate against the node id of its HELLO. A mismatch closes
+/// the connection before any session state exists for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeIdVerification {
+    /// Any certificate that chains to the CA will do, whatever it names (testing only).
+    None,
+    /// The certificate's subject common name (CN) must equal the node id.
+    CommonName,
+    /// A DNS name among the certificate's subject alternative names must equal the node id.
+    #[default]
+    SubjectAltName,
+}

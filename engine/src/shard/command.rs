@@ -5,6 +5,7 @@ use crate::route::Command;
 use super::COMMAND_BUDGET;
 use super::State;
 use super::conn::Phase;
+use super::link::Link;
 use super::shutdown::Shutdown;
 use super::source::SourceSlot;
 use crate::net::dial::DialPlan;
@@ -22,8 +23,16 @@ impl State {
                     ps.dial = Some(DialPlan::new(config.endpoints));
                     self.start_dial(index);
                 }
-                Command::Adopt { fd, hello, peer } => {
+                Command::Adopt {
+                    fd,
+                    hello,
+                    peer,
+                    tls,
+                } => {
                     let index = self.new_conn(fd, Phase::Detached);
+                    if let Some(tls) = tls {
+                        self.conns[index].link = Link::tls(*tls);
+                    }
                     self.adopt(index, hello, peer);
                 }
                 Command::AddSource(source) => self.sources.push(SourceSlot::new(source)),

@@ -7,6 +7,7 @@ use crate::sys::socket;
 
 use super::State;
 use super::conn::Phase;
+use super::link::Link;
 use super::slots::PeerIndex;
 use super::timer::Timer;
 
@@ -28,9 +29,21 @@ impl State {
                 return self.schedule_redial(peer, Duration::ZERO);
             }
         };
+        let link = match &self.tls {
+            Some(tls) => match tls.dial(self.peers[peer].shared.node_id.as_str(), addr.ip()) {
+                Ok(link) => Link::tls(link),
+                Err(e) => {
+                    self.counters.tls_failures += 1;
+                    tracing::warn!(%addr, error = %e, "TLS setup for a dial failed");
+                    return self.schedule_redial(peer, Duration::ZERO);
+                }
+            },
+            None => Link::Plain,
+        };
         let deadline = self.now + self.config.connect_timeout;
         let index = self.new_conn(fd, Phase::Connecting { peer, deadline });
         let conn = &mut self.conns[index];
+        conn.link = link;
         conn.connect.queue(socket::RawAddr::new(addr));
         self.peers[peer].conn = Some(index);
     }

@@ -14,6 +14,7 @@ use crate::sys::socket;
 use super::State;
 use super::conn::Phase;
 use super::events::ShardEvents;
+use super::link::Link;
 use super::slots::ConnId;
 
 impl State {
@@ -24,12 +25,27 @@ impl State {
         if let Err(e) = socket::set_nodelay(fd.as_raw_fd()) {
             tracing::warn!(error = %e, "TCP_NODELAY on an accepted socket failed");
         }
+        let link = match &self.tls {
+            Some(tls) => match tls.accept() {
+                Ok(link) => Link::tls(link),
+                Err(e) => {
+                    self.counters.tls_failures += 1;
+                    tracing::warn!(error = %e, "TLS setup for an accepted socket failed");
+                    return;
+                }
+            },
+            None => Link::Plain,
+        };
+        // The deadline covers the TLS handshake too: a dialer that never finishes it is
+        // closed like one that never sends its HELLO.
         let deadline = self.now + self.config.handshake_timeout;
         let index = self.new_conn(
             fd,
             Phase::Accepting(Accepting::new(self.config.body_len_max, deadline)),
         );
-        self.conns[index].recv.wanted = true;
+        let conn = &mut self.conns[index];
+        conn.link = link;
+        conn.recv.wanted = true;
     }
 
     pub(super) fn on_connected(&mut self, index: ConnId) {
@@ -55,6 +71,14 @@ impl State {
             let message = "hello claims this node's own id";
             return self.reject_with(index, GoAwayReason::WrongPeer, message);
         }
+        // Before any peer state exists for it: is the dialer the node it claims to be?
+        if let (Some(tls), Link::Tls(link)) = (&self.tls, &self.conns[index].link)
+            && let Err(e) = tls.check_dialer(&link.link, &hello.node_id)
+        {
+            self.counters.tls_failures += 1;
+            tracing::warn!(peer = %hello.node_id, error = %e, "refusing a dialer whose certificate does not name it");
+            return self.reject_with(index, GoAwayReason::Unauthenticated, &e.to_string());
+        }
         let Some(shared) = self.router.peer_shared_inbound(&hello.node_id) else {
             self.counters.peers_refused += 1;
             tracing::warn!(peer = %hello.node_id, peers_max = self.config.peers_max, "refusing a new peer: peers_max reached");
@@ -79,6 +103,7 @@ impl State {
             fd: conn.fd,
             hello,
             peer: shared,
+            tls: conn.link.into_tls(),
         });
     }
 

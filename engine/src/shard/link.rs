@@ -1,16 +1,20 @@
 //! The link: a connection's byte pipeline between the ring and `proto`.
 //!
 //! ```text
-//!   recv buffer ──► Link::handle_recv ──► proto (frames in)
-//!   proto (frames out) ──► Link::poll_transmit ──► send buffer
+//!   recv buffer ──► Link (TLS: decrypt) ──► proto (frames in)
+//!   proto (frames out) ──► Link::poll_transmit (TLS: encrypt) ──► send buffer
 //! ```
 //!
-//! Only plaintext exists today: bytes pass through untouched and proto encodes straight into
-//! the send batch, at no cost (message frames go out as slices of the session's buffers). The TLS adapter (`security/`, the next issue) becomes a second
-//! variant that decrypts what was received and encrypts what proto wrote, so the shard never
-//! knows whether a connection is encrypted.
+//! Plaintext passes through untouched: proto encodes straight into the send batch (message
+//! frames go out as slices of the session's buffers). With TLS (`security::tls`), proto
+//! writes into the link's own buffers and the link encrypts them into the send batch, behind
+//! whatever the handshake has to send; received bytes are decrypted by the link before proto
+//! sees them (`shard/recv.rs`). The rest of the shard never knows whether a connection is
+//! encrypted.
 
 use bytes::Bytes;
+
+use crate::security::tls::{TlsFailure, TlsLink};
 
 use super::op::SendBatch;
 
@@ -20,18 +24,28 @@ pub(super) enum Link {
     /// Plaintext TCP.
     #[default]
     Plain,
+    /// TLS.
+    Tls(Box<Tls>),
+}
+
+/// A TLS link and the plaintext buffers proto writes into.
+#[derive(Debug)]
+pub(super) struct Tls {
+    pub(super) link: TlsLink,
+    control: Vec<u8>,
+    data: Vec<Bytes>,
+    /// Why the link stopped working, if it did: the connection must close.
+    failure: Option<TlsFailure>,
 }
 
 impl Link {
-    /// Hands `proto_input` what proto should read of the bytes just received from the socket.
-    pub(super) fn handle_recv<R>(
-        &mut self,
-        wire: &[u8],
-        proto_input: impl FnOnce(&[u8]) -> R,
-    ) -> R {
-        match self {
-            Link::Plain => proto_input(wire),
-        }
+    pub(super) fn tls(link: TlsLink) -> Link {
+        Link::Tls(Box::new(Tls {
+            link,
+            control: Vec::new(),
+            data: Vec::new(),
+            failure: None,
+        }))
     }
 
     /// Lets `proto_output` write its frames (control frames into a buffer, held message frames
@@ -43,6 +57,44 @@ impl Link {
     ) -> R {
         match self {
             Link::Plain => proto_output(&mut wire.control, &mut wire.data),
+            Link::Tls(tls) => {
+                let written = proto_output(&mut tls.control, &mut tls.data);
+                if tls.failure.is_none()
+                    && let Err(e) = tls
+                        .link
+                        .transmit(&tls.control, &tls.data, &mut wire.control)
+                {
+                    tls.failure = Some(e);
+                }
+                tls.control.clear();
+                tls.data.clear();
+                written
+            }
+        }
+    }
+
+    /// Records that the link failed; [`Link::failure`] reports it from now on.
+    pub(super) fn fail(&mut self, failure: TlsFailure) {
+        if let Link::Tls(tls) = self
+            && tls.failure.is_none()
+        {
+            tls.failure = Some(failure);
+        }
+    }
+
+    /// Why the link stopped working, if it did.
+    pub(super) fn failure(&self) -> Option<&TlsFailure> {
+        match self {
+            Link::Plain => None,
+            Link::Tls(tls) => tls.failure.as_ref(),
+        }
+    }
+
+    /// The TLS state, to move the connection to another shard.
+    pub(super) fn into_tls(self) -> Option<Box<TlsLink>> {
+        match self {
+            Link::Plain => None,
+            Link::Tls(tls) => Some(Box::new(tls.link)),
         }
     }
 }

@@ -58,6 +58,7 @@ use crate::proto::connection::ConnectionConfig;
 use crate::route::handler::Handler;
 use crate::route::router::Router;
 use crate::route::{Mailbox, ShardId};
+use crate::security::tls::TlsContext;
 use crate::sys::affinity;
 
 use bufring::BufRing;
@@ -81,6 +82,8 @@ pub(crate) struct Init {
     pub listener: Option<OwnedFd>,
     pub ready: mpsc::Sender<Result<(), Error>>,
     pub durable: Option<ShardDurable>,
+    /// The engine's TLS settings, if its connections are encrypted.
+    pub tls: Option<Arc<TlsContext>>,
 }
 
 /// The shard thread's body: sets up the ring, reports readiness, runs the loop, tears down.
@@ -165,6 +168,8 @@ struct Shard {
 /// Everything but the ring: what completions and timers act on.
 struct State {
     id: ShardId,
+    /// The engine's TLS settings: every connection gets a TLS link.
+    tls: Option<Arc<TlsContext>>,
     router: Arc<Router>,
     shared_counters: Arc<CachePadded<SharedCounters>>,
     config: Arc<Config>,
@@ -223,6 +228,7 @@ impl Shard {
                     ..Counters::default()
                 },
                 id: init.id,
+                tls: init.tls,
                 mailbox: Arc::clone(&init.router.mailboxes[init.id.0]),
                 router: init.router,
                 shared_counters: init.counters,

@@ -7,10 +7,12 @@ use std::time::Duration;
 use crate::proto::connection::CloseCause;
 use crate::proto::frame::Seq;
 use crate::route::stage::{self, Staged};
+use crate::security::tls::TlsFailure;
 
 use super::State;
 use super::conn::Phase;
 use super::events::ShardEvents;
+use super::link::Link;
 use super::peer::push_payload;
 use super::slots::ConnId;
 
@@ -18,16 +20,43 @@ impl State {
     /// Bytes arrived on the socket: through the connection's link, into proto.
     pub(super) fn on_recv(&mut self, index: ConnId, wire: &[u8]) {
         let conn = &mut self.conns[index];
+        let Link::Tls(tls) = &mut conn.link else {
+            return self.on_data(index, wire);
+        };
+        if let Err(e) = tls.link.receive(wire) {
+            return self.tls_failed(index, e);
+        }
+        // Proto reads the plaintext while the link stays in place: what proto answers (a
+        // GOAWAY, say) is encrypted like anything else.
+        let plaintext = tls.link.take_plaintext();
         let generation = conn.generation;
-        let mut link = std::mem::take(&mut conn.link);
-        link.handle_recv(wire, |data| self.on_data(index, data));
+        if !plaintext.is_empty() {
+            self.on_data(index, &plaintext);
+        }
         // The connection may have moved to another shard (its HELLO named a peer owned there),
-        // and its slot may have been reused since: the link goes back only to the same one.
+        // and its slot may have been reused since: the buffer goes back only to the same one.
         if let Some(conn) = self.conns.get_mut(index)
             && conn.generation == generation
+            && let Link::Tls(tls) = &mut conn.link
         {
-            conn.link = link;
+            tls.link.recycle(plaintext);
         }
+    }
+
+    /// The connection's TLS link failed: no frame can be sent on it any more, so it closes
+    /// without a GOAWAY (the peer sees the TLS alert, if rustls sent one, or the close).
+    pub(super) fn tls_failed(&mut self, index: ConnId, failure: TlsFailure) {
+        self.counters.tls_failures += 1;
+        let conn = &mut self.conns[index];
+        let peer = match &conn.phase {
+            Phase::Linked { peer, .. } | Phase::Connecting { peer, .. } => {
+                Some(self.peers[*peer].shared.node_id.to_string())
+            }
+            _ => None,
+        };
+        tracing::warn!(conn = index.0, peer, error = %failure, "TLS failed; closing connection");
+        conn.link.fail(failure);
+        self.begin_close(index, Duration::ZERO);
     }
 
     fn on_data(&mut self, index: ConnId, data: &[u8]) {

@@ -76,18 +76,27 @@ impl Shard {
             return;
         }
         if conn.send.is_drained() {
-            if let Phase::Linked { peer, proto } = &mut conn.phase {
-                let ps = &mut st.peers[*peer];
-                let sessions = &mut ps.sessions;
-                let budget =
-                    super::peer::send_budget(&st.config, ps.local_producer, ps.large_payloads);
-                let sent = conn.link.poll_transmit(&mut conn.out, |out, data| {
-                    proto.poll_transmit(sessions, now, out, data, budget)
-                });
-                st.counters.msgs_sent += sent;
-                if sent > 0 && ps.has_queued() {
-                    // Sending made room for messages the session left in the queue.
-                    st.drain_again.push(*peer);
+            match &mut conn.phase {
+                Phase::Linked { peer, proto } => {
+                    let ps = &mut st.peers[*peer];
+                    let sessions = &mut ps.sessions;
+                    let budget =
+                        super::peer::send_budget(&st.config, ps.local_producer, ps.large_payloads);
+                    let sent = conn.link.poll_transmit(&mut conn.out, |out, data| {
+                        proto.poll_transmit(sessions, now, out, data, budget)
+                    });
+                    st.counters.msgs_sent += sent;
+                    if sent > 0 && ps.has_queued() {
+                        // Sending made room for messages the session left in the queue.
+                        st.drain_again.push(*peer);
+                    }
+                }
+                // Nothing may be sent before the socket is connected.
+                Phase::Connecting { .. } => {}
+                // No proto yet, or none any more; a TLS link may still have records to send
+                // (its side of the handshake, an alert).
+                Phase::Accepting(_) | Phase::Detached => {
+                    conn.link.poll_transmit(&mut conn.out, |_, _| ());
                 }
             }
             conn.send.refill(&mut conn.out);
@@ -96,6 +105,13 @@ impl Shard {
             let tag = OpTag::new(OpKind::Send, index.0, conn.generation).encode();
             let entry = conn.send.submit(conn.raw_fd()).user_data(tag);
             self.push(&entry);
+        }
+        let conn = &mut self.st.conns[index];
+        if !conn.closing
+            && let Some(failure) = conn.link.failure()
+        {
+            let failure = failure.clone();
+            self.st.tls_failed(index, failure);
         }
     }
 
