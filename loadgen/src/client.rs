@@ -19,6 +19,7 @@ use crate::node::{self, ECHO_PREFIX, NodeOptions, Sink};
 use crate::publisher::{
     AckSamples, PacedSource, Publisher, StreamSource, Tally, publish_batches, publish_flat_out,
 };
+use crate::tls::Tls;
 use crate::{fanin, pingpong};
 
 /// Where the load goes.
@@ -33,6 +34,17 @@ pub struct Target {
     pub outbox: Option<(std::path::PathBuf, ringwire::SyncPolicy)>,
     /// Whether the client engines offer MSG_BATCH frames.
     pub batch_frames: bool,
+    /// TLS on every connection of the run.
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// The TLS settings of the run's engine `node_id`, if the run uses TLS.
+pub fn tls_for(target: &Target, node_id: &str) -> Result<Option<ringwire::TlsConfig>, String> {
+    target
+        .tls
+        .as_ref()
+        .map(|tls| tls.config_for(node_id))
+        .transpose()
 }
 
 /// Runs the workload and returns its report.
@@ -50,6 +62,7 @@ pub fn run(
                 shards: target.shards,
                 busy_poll: w.busy_poll,
                 state: None,
+                tls: tls_for(target, &target.node_id)?,
             };
             let server = node::start(&options, Arc::clone(&sink))
                 .map_err(|e| format!("starting the embedded node: {e}"))?;
@@ -63,7 +76,7 @@ pub fn run(
     let t0_cpu = workload::cpu_time();
     let outcome = match w.mode {
         Mode::Fanin => fanin::run(w, addr, &target.node_id, load_core)?,
-        Mode::Pingpong => pingpong::run(w, addr, &target.node_id, load_core)?,
+        Mode::Pingpong => pingpong::run(w, addr, target, load_core)?,
         Mode::Throughput | Mode::Latency => streams(w, addr, target, load_core, publisher)?,
     };
     let cpu = workload::cpu_time() - t0_cpu;
@@ -87,6 +100,7 @@ pub fn run(
         latency,
         cpu,
     );
+    report.tls = target.tls.is_some();
     if matches!(w.mode, Mode::Throughput | Mode::Latency) {
         report.publisher = Some(publisher.name().to_owned());
         report.batch_frames = Some(target.batch_frames);
@@ -172,11 +186,14 @@ fn streams(
     let mut peers = Vec::with_capacity(w.conns);
     for i in 0..w.conns {
         let prefix = if echo { ECHO_PREFIX } else { "" };
+        let node_id = format!("{prefix}loadgen-{}-{i}", std::process::id());
+        let tls = tls_for(target, &node_id)?;
         let client = Engine::builder()
-            .node_id(format!("{prefix}loadgen-{}-{i}", std::process::id()))
+            .node_id(node_id)
             .shards(1)
             .handler(Arc::clone(&echoes))
             .configure(|c| {
+                c.tls = tls;
                 c.first_core = core;
                 c.idle_spin = node::idle_spin(w.busy_poll);
                 c.batch_frames = target.batch_frames;

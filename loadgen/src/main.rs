@@ -10,6 +10,7 @@ mod fanin;
 mod node;
 mod pingpong;
 mod publisher;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ use loadgen::{Report, chart};
 
 use crate::node::{NodeOptions, SERVER_ID, Sink};
 use crate::publisher::Publisher;
+use crate::tls::{EphemeralCa, Tls, TlsArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,6 +84,13 @@ struct RunArgs {
     /// of its own, as protocol version 1 defined (throughput and latency modes).
     #[arg(long)]
     no_batch_frames: bool,
+    /// Run every connection over TLS 1.3 with certificates made for this run: a throwaway CA,
+    /// and for each engine a certificate naming its node id (mutual TLS, node ids checked).
+    /// Embedded node only; not for fanin.
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls: bool,
+    #[command(flatten)]
+    tls_files: TlsArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +121,8 @@ struct ServeArgs {
     /// number seen).
     #[arg(long, requires = "verify")]
     expect: Option<u64>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +158,8 @@ struct SendArgs {
     /// Give up (exit 1) after this long.
     #[arg(long, default_value = "10m")]
     timeout: String,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -239,12 +252,34 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
         }
         None => None,
     };
+    let tls = if args.tls {
+        if args.target.is_some() {
+            return Err(Failure::Usage(
+                "--tls makes certificates for the embedded node; with --target give the node's \
+                 CA and a certificate for this side (--tls-cert, --tls-key, --tls-ca)"
+                    .into(),
+            ));
+        }
+        Some(Tls::Ephemeral(Box::new(
+            EphemeralCa::new().map_err(Failure::Run)?,
+        )))
+    } else {
+        args.tls_files.tls()
+    };
+    if tls.is_some() && w.mode == loadgen::Mode::Fanin {
+        return Err(Failure::Usage(
+            "TLS does not apply to fanin: its load side speaks the protocol from one epoll \
+             thread, in plaintext"
+                .into(),
+        ));
+    }
     let target = client::Target {
         addr: args.target.clone(),
         node_id: args.target_id.clone(),
         shards: args.shards,
         outbox: outbox.clone(),
         batch_frames: !args.no_batch_frames,
+        tls: tls.map(Arc::new),
     };
     let result = client::run(&w, &target, args.publisher);
     if let Some((dir, _)) = &outbox {
@@ -279,12 +314,17 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     // only `sigwait` below sees SIGINT and SIGTERM.
     let signals = block_signals();
     let sink = Arc::new(Sink::default());
+    let tls = match args.tls.tls() {
+        Some(tls) => Some(tls.config_for(&args.node_id).map_err(Failure::Run)?),
+        None => None,
+    };
     let options = NodeOptions {
         node_id: args.node_id.clone(),
         listen: args.listen,
         shards: args.shards,
         busy_poll: args.busy_poll,
         state: args.state.clone(),
+        tls,
     };
     let verifier = match (&args.state, args.verify) {
         (Some(dir), true) => Some(Arc::new(durable::Verifier::open(dir).map_err(|e| {
@@ -383,6 +423,10 @@ fn send(args: &SendArgs) -> Result<(), Failure> {
         sync,
         wait_for_space: args.wait_for_space,
         timeout,
+        tls: match args.tls.tls() {
+            Some(tls) => Some(tls.config_for(&args.node_id).map_err(Failure::Run)?),
+            None => None,
+        },
     };
     let summary = durable::send(&options).map_err(Failure::Run)?;
     println!("{summary}");

@@ -30,25 +30,29 @@ use loadgen::workload::{self, Workload};
 use loadgen::{Counts, LatencyLog};
 use ringwire::{Engine, Error, Handler, MessageId, Peer, PeerConfig};
 
-use crate::client::{self, DRAIN_TIMEOUT, Outcome, SETTLE};
+use crate::client::{self, DRAIN_TIMEOUT, Outcome, SETTLE, Target};
 use crate::node::{self, ECHO_PREFIX};
 
 /// Runs the pingpong workload against the node at `addr`, its client shard on `core`.
 pub fn run(
     w: &Workload,
     addr: SocketAddr,
-    server_id: &str,
+    target: &Target,
     core: usize,
 ) -> Result<Outcome, String> {
+    let server_id = target.node_id.as_str();
     // Started for real when the first message goes out (`reset` below).
     let log = Arc::new(LatencyLog::new(Instant::now(), Duration::from_secs(1)));
     let rally = Arc::new(Rally::new(w.size, Arc::clone(&log)));
     let busy_poll = w.busy_poll;
+    let node_id = format!("{ECHO_PREFIX}pingpong-{}", std::process::id());
+    let tls = client::tls_for(target, &node_id)?;
     let client = Engine::builder()
-        .node_id(format!("{ECHO_PREFIX}pingpong-{}", std::process::id()))
+        .node_id(node_id)
         .shards(1)
         .handler(Arc::clone(&rally))
         .configure(|c| {
+            c.tls = tls;
             c.first_core = core;
             c.idle_spin = node::idle_spin(busy_poll);
         })

@@ -48,6 +48,10 @@ pub struct Report {
     /// off), or `null` where loadgen has no such choice (fanin, pingpong, the baselines).
     #[serde(default)]
     pub batch_frames: Option<bool>,
+    /// Whether every connection ran over TLS (`--tls` or the `--tls-*` files); `false` for the
+    /// plaintext stacks.
+    #[serde(default)]
+    pub tls: bool,
     /// Length of the measured window.
     pub duration_s: f64,
     pub warmup_s: f64,
@@ -420,6 +424,7 @@ impl Report {
             outbox: None,
             publisher: None,
             batch_frames: None,
+            tls: false,
             duration_s: window.seconds(),
             warmup_s: w.warmup.as_secs_f64(),
             sent: counts.sent,

@@ -1,0 +1,155 @@
+//! TLS for loadgen's engines: certificates from PEM files (`--tls-cert`, `--tls-key`,
+//! `--tls-ca`), or made for the run (`run --tls`): a throwaway CA and, for each engine, a
+//! certificate naming its node id, so that a run checks identities as a production node does
+//! (mutual TLS, node ids against DNS subject alternative names).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use ringwire::{NodeIdVerification, TlsConfig};
+
+/// The TLS flags of `run`, `serve` and `send`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// This node's certificate chain, leaf first (PEM). With --tls-key and --tls-ca, every
+    /// connection runs over TLS with these files.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificates a peer's chain must lead to (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// How a peer's certificate must name its node id: `san` (a DNS subject alternative
+    /// name), `cn` (the subject common name) or `none`.
+    #[arg(long, value_enum, default_value_t = Verification::San)]
+    pub node_id_verification: Verification,
+}
+
+/// `--node-id-verification`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Verification {
+    None,
+    Cn,
+    San,
+}
+
+impl From<Verification> for NodeIdVerification {
+    fn from(v: Verification) -> NodeIdVerification {
+        match v {
+            Verification::None => NodeIdVerification::None,
+            Verification::Cn => NodeIdVerification::CommonName,
+            Verification::San => NodeIdVerification::SubjectAltName,
+        }
+    }
+}
+
+impl TlsArgs {
+    /// The TLS the flags ask for, if any.
+    pub fn tls(&self) -> Option<Tls> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca)
+        else {
+            return None;
+        };
+        let mut config = TlsConfig::new(cert, key, ca);
+        config.node_id_verification = self.node_id_verification.into();
+        Some(Tls::Files(config))
+    }
+}
+
+/// Where an engine's TLS settings come from.
+#[derive(Debug)]
+pub enum Tls {
+    /// The same files for every engine.
+    Files(TlsConfig),
+    /// A certificate made for each engine by a throwaway CA.
+    Ephemeral(Box<EphemeralCa>),
+}
+
+impl Tls {
+    /// The settings for the engine whose node id is `node_id`.
+    pub fn config_for(&self, node_id: &str) -> Result<TlsConfig, String> {
+        match self {
+            Tls::Files(config) => Ok(config.clone()),
+            Tls::Ephemeral(ca) => ca.config_for(node_id),
+        }
+    }
+}
+
+/// A CA made for one run, in a scratch directory removed when it is dropped.
+pub struct EphemeralCa {
+    dir: PathBuf,
+    ca: Mutex<(rcgen::Certificate, KeyPair)>,
+}
+
+impl std::fmt::Debug for EphemeralCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EphemeralCa")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EphemeralCa {
+    pub fn new() -> Result<EphemeralCa, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "loadgen-tls-{}-{:x}",
+            std::process::id(),
+            uuid::Uuid::new_v4().as_u128() as u32
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let fail = |e: rcgen::Error| format!("making the run's CA: {e}");
+        let key = KeyPair::generate().map_err(fail)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "loadgen run CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).map_err(fail)?;
+        write(&dir.join("ca.crt"), &cert.pem())?;
+        Ok(EphemeralCa {
+            dir,
+            ca: Mutex::new((cert, key)),
+        })
+    }
+
+    /// A certificate naming `node_id` (CN and DNS SAN), for both ends of a connection.
+    fn config_for(&self, node_id: &str) -> Result<TlsConfig, String> {
+        let fail = |e: rcgen::Error| format!("making a certificate for {node_id:?}: {e}");
+        let key = KeyPair::generate().map_err(fail)?;
+        let mut params = CertificateParams::new(vec![node_id.to_owned()]).map_err(fail)?;
+        params.distinguished_name.push(DnType::CommonName, node_id);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = {
+            let ca = self.ca.lock().expect("the CA lock");
+            params.signed_by(&key, &ca.0, &ca.1).map_err(fail)?
+        };
+        let name = format!("{node_id}-{:x}", uuid::Uuid::new_v4().as_u128() as u32);
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{name}.crt")),
+            self.dir.join(format!("{name}.key")),
+        );
+        write(&cert_path, &cert.pem())?;
+        write(&key_path, &key.serialize_pem())?;
+        Ok(TlsConfig::new(cert_path, key_path, self.dir.join("ca.crt")))
+    }
+}
+
+impl Drop for EphemeralCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write(path: &std::path::Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
