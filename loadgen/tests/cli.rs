@@ -1,6 +1,6 @@
-//! loadgen end to end, as a user runs it: every workload against the embedded node, the JSON
-//! and `--out` files, `serve` driven through `--target`, and the errors for bad input. Counts
-//! are checked exactly; nothing here depends on how fast the machine is.
+//! loadgen end to end, as a user runs it: every workload against the embedded node (and over
+//! TLS), the JSON and `--out` files, `serve` driven through `--target`, and the errors for bad
+//! input. Counts are checked exactly; nothing here depends on how fast the machine is.
 
 use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
@@ -325,4 +325,137 @@ fn wait_listening(addr: &str) {
         assert!(Instant::now() < deadline, "serve never listened on {addr}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn tls_run_acks_everything_over_tls() {
+    let r = report(&["--mode", "throughput", "--tls"]);
+    assert_eq!(r["tls"], true);
+    let sent = u(&r, "sent");
+    assert!(sent > 0);
+    assert_eq!(u(&r, "acked"), sent);
+    assert_eq!(r["engine"]["server.msgs_received"], sent);
+    assert_eq!(r["engine"]["server.tls_failures"], 0);
+    assert_eq!(r["engine"]["client.tls_failures"], 0);
+    let plain = report(&["--mode", "pingpong"]);
+    assert_eq!(plain["tls"], false);
+    let r = report(&["--mode", "pingpong", "--tls"]);
+    assert_eq!(r["tls"], true);
+    assert_eq!(r["engine"]["round_trips"], u(&r, "sent"));
+}
+
+#[test]
+fn tls_flags_that_cannot_work_are_usage_errors() {
+    for (args, needle) in [
+        (
+            &["--tls", "--mode", "fanin"][..],
+            "TLS does not apply to fanin",
+        ),
+        (
+            &["--tls", "--target", "127.0.0.1:9"][..],
+            "--tls makes certificates",
+        ),
+        (&["--tls-cert", "node.crt"][..], "required"),
+        (
+            &[
+                "--tls",
+                "--tls-cert",
+                "a",
+                "--tls-key",
+                "b",
+                "--tls-ca",
+                "c",
+            ][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = loadgen(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // Files that are not there: a run error that names the file.
+    let out = loadgen(&[
+        "--duration",
+        "300ms",
+        "--tls-cert",
+        "/nonexistent/node.crt",
+        "--tls-key",
+        "/nonexistent/node.key",
+        "--tls-ca",
+        "/nonexistent/ca.crt",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/"), "{err}");
+}
+
+/// `serve` with certificate files made by openssl, driven by a remote `run` with its own: the
+/// run checks that the node's certificate names the node id it dials; the node takes any
+/// client certificate from the CA (`--node-id-verification none`), since the run's node ids
+/// carry its process id.
+#[test]
+fn serve_over_tls_answers_a_remote_run_with_openssl_certificates() {
+    let Some(ca) = ringwire_tests::certs::OpensslCa::new(
+        "serve_over_tls_answers_a_remote_run_with_openssl_certificates",
+        "ca",
+    ) else {
+        return;
+    };
+    let node = ca.node("loadgen-server", &["loadgen-server"], &ca);
+    let client = ca.node("a-client", &["a-client"], &ca);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    let server = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["serve", "--listen", &listen, "--json", "-"])
+        .args([
+            "--tls-cert",
+            &path(&node.cert_path),
+            "--tls-key",
+            &path(&node.key_path),
+        ])
+        .args([
+            "--tls-ca",
+            &path(&node.ca_cert_path),
+            "--node-id-verification",
+            "none",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_listening(&listen);
+    let r = report(&[
+        "--target",
+        &listen,
+        "--mode",
+        "latency",
+        "--rate",
+        "1000",
+        "--tls-cert",
+        &path(&client.cert_path),
+        "--tls-key",
+        &path(&client.key_path),
+        "--tls-ca",
+        &path(&client.ca_cert_path),
+    ]);
+    assert_eq!(r["tls"], true);
+    let sent = u(&r, "sent");
+    assert_eq!(r["engine"]["round_trips"], sent);
+    // SAFETY: kill sends a signal to the child we spawned and still own.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let out = server.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["received"], sent);
+    assert_eq!(seen["engine.tls_failures"], 0);
 }
