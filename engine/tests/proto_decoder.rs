@@ -451,7 +451,7 @@ proptest! {
         cuts in prop::collection::vec(any::<Index>(), 0..8),
     ) {
         let t0 = Instant::now();
-        let mut accepting = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + Duration::from_secs(5));
+        let mut accepting = Accepting::new(t0 + Duration::from_secs(5));
         let chunks = split(&bytes, &cuts);
         let mut first_err: Option<ProtocolError> = None;
         for (i, chunk) in chunks.iter().enumerate() {

@@ -280,10 +280,7 @@ impl World {
             now,
         ));
         let node = &mut self.nodes[acceptor];
-        node.endpoint = Endpoint::Accepting(Accepting::new(
-            node.config.body_len_max,
-            now + node.config.handshake_timeout,
-        ));
+        node.endpoint = Endpoint::Accepting(Accepting::new(now + node.config.handshake_timeout));
         self.link = Link::Up;
     }
 

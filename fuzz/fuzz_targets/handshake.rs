@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     let (head, tail) = hello_bytes.split_at(split_point(hello_bytes.len(), selector));
     let t0 = Instant::now();
 
-    let mut accepting = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + HANDSHAKE_TIMEOUT);
+    let mut accepting = Accepting::new(t0 + HANDSHAKE_TIMEOUT);
     let mut result = Ok(None);
     for chunk in [head, tail] {
         result = accepting.handle_bytes(chunk);
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
     }
-    let mut whole = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + HANDSHAKE_TIMEOUT);
+    let mut whole = Accepting::new(t0 + HANDSHAKE_TIMEOUT);
     assert_eq!(
         whole.handle_bytes(hello_bytes),
         result,
@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
         Err(err) => assert_eq!(accepting.handle_bytes(b"more"), Err(err), "stays failed"),
     }
     // A dialer that breaks the rule and sends more in the same read must not panic anything.
-    let _ = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + HANDSHAKE_TIMEOUT).handle_bytes(rest);
+    let _ = Accepting::new(t0 + HANDSHAKE_TIMEOUT).handle_bytes(rest);
 });
 
 /// Answers `hello` and runs the established connection over `rest`, read in two parts.

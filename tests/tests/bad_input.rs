@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ringwire::PeerConfig;
-use ringwire::proto::frame::{BODY_LEN_MAX_DEFAULT, HEADER_LEN, MAGIC};
+use ringwire::proto::frame::{BODY_LEN_MAX_DEFAULT, HEADER_LEN, HELLO_BODY_LEN_MAX, MAGIC};
 use ringwire::proto::{Decoder, Frame, GoAwayReason, Header, Hello, Kind, Seq, SessionId};
 use ringwire_tests::{PATIENCE, Recorder, builder, payload, publish_patiently, wait_until};
 
@@ -169,6 +169,15 @@ fn bad_clients() -> Vec<BadClient> {
             GoAwayReason::FrameTooLarge,
         ),
         BadClient::new(
+            "a first frame longer than any hello",
+            [
+                header(HELLO_BODY_LEN_MAX + 1, Kind::Hello as u8, 0, 0),
+                vec![0; 64],
+            ]
+            .concat(),
+            GoAwayReason::FrameTooLarge,
+        ),
+        BadClient::new(
             "hello with wrong magic",
             with(&hello, |b| {
                 b[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(b"XWIR")
@@ -224,7 +233,7 @@ fn bad_clients() -> Vec<BadClient> {
 /// Garbage is rejected for whatever its first eight bytes, read as a header, imply.
 fn garbage(name: &'static str, bytes: Vec<u8>) -> BadClient {
     let head: &[u8; HEADER_LEN] = bytes[..HEADER_LEN].try_into().unwrap();
-    let err = Header::parse(head, BODY_LEN_MAX_DEFAULT, 0)
+    let err = Header::parse(head, HELLO_BODY_LEN_MAX, 0)
         .expect_err("garbage must not start with a valid header");
     let expected = err.reason();
     assert!(

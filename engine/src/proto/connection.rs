@@ -595,7 +595,7 @@ mod tests {
     ) -> (Connection, Connection) {
         let mut dialer = Connection::dial(config_batch("a", t0, batch[0]), "b", a, t0);
         let hello = transmit(&mut dialer, a, t0);
-        let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + Duration::from_secs(5));
+        let mut acc = Accepting::new(t0 + Duration::from_secs(5));
         let info = acc.handle_bytes(&hello).unwrap().unwrap();
         assert_eq!(info.node_id, "a");
         let mut acceptor =

@@ -52,6 +52,8 @@ pub const AUTH_TOKEN_LEN_MAX: usize = 1024;
 pub const GOAWAY_MESSAGE_LEN_MAX: usize = 1024;
 
 const HELLO_FIXED_LEN: usize = 65;
+/// The longest HELLO body (a 255-byte node id): the limit on the first frame an acceptor reads.
+pub const HELLO_BODY_LEN_MAX: u32 = (HELLO_FIXED_LEN + NODE_ID_LEN_MAX) as u32;
 const GOAWAY_FIXED_LEN: usize = 6;
 const FLAGS_KNOWN: u8 = FLAG_LZ4 | FLAG_CRC;
 

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use crate::proto::error::ProtocolError;
-use crate::proto::frame::{Decoder, Frame, Hello, Kind, Seq, SessionId};
+use crate::proto::frame::{Decoder, Frame, HELLO_BODY_LEN_MAX, Hello, Kind, Seq, SessionId};
 
 /// An owned copy of a peer's HELLO.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,9 +53,13 @@ pub struct Accepting {
 
 impl Accepting {
     /// Starts waiting; the HELLO must be complete by `deadline`.
-    pub fn new(body_len_max: u32, deadline: Instant) -> Accepting {
+    ///
+    /// The first frame may be no longer than the longest HELLO ([`HELLO_BODY_LEN_MAX`]): a
+    /// header announcing more is refused (`FrameTooLarge`) before any of its body is read, so a
+    /// connection that has not said who it is holds at most one HELLO's bytes.
+    pub fn new(deadline: Instant) -> Accepting {
         Accepting {
-            decoder: Decoder::new(body_len_max),
+            decoder: Decoder::new(HELLO_BODY_LEN_MAX),
             deadline,
             hello: None,
             failed: None,
@@ -159,7 +163,7 @@ mod tests {
     fn hello_split_anywhere_is_returned_once() {
         let bytes = hello_bytes();
         for cut in 0..bytes.len() {
-            let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, Instant::now());
+            let mut acc = Accepting::new(Instant::now());
             assert_eq!(acc.handle_bytes(&bytes[..cut]).unwrap(), None);
             let hello = acc.handle_bytes(&bytes[cut..]).unwrap().unwrap();
             assert_eq!(hello.node_id, "dialer");
@@ -168,7 +172,7 @@ mod tests {
 
     #[test]
     fn anything_but_a_lone_hello_is_rejected() {
-        let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, Instant::now());
+        let mut acc = Accepting::new(Instant::now());
         let mut ping = Vec::new();
         Frame::Ping { timestamp: 1 }.encode(&mut ping);
         assert!(matches!(
@@ -176,7 +180,7 @@ mod tests {
             Err(ProtocolError::UnexpectedFrame { .. })
         ));
 
-        let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, Instant::now());
+        let mut acc = Accepting::new(Instant::now());
         let mut partial = hello_bytes();
         partial.extend_from_slice(&ping[..3]);
         assert!(matches!(
@@ -184,7 +188,7 @@ mod tests {
             Err(ProtocolError::Malformed { .. })
         ));
 
-        let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, Instant::now());
+        let mut acc = Accepting::new(Instant::now());
         let mut both = hello_bytes();
         both.extend_from_slice(&ping);
         assert!(matches!(
@@ -194,9 +198,38 @@ mod tests {
     }
 
     #[test]
+    fn a_first_frame_longer_than_any_hello_is_refused_at_its_header() {
+        // A MSG header announcing 16 MiB: refused on its 8 bytes, nothing of the body read.
+        let mut header = Vec::new();
+        header.extend_from_slice(&(16u32 << 20).to_le_bytes());
+        header.extend_from_slice(&[Kind::Msg as u8, 0, 0, 0]);
+        let mut acc = Accepting::new(Instant::now());
+        assert!(matches!(
+            acc.handle_bytes(&header),
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
+        // The longest HELLO (a 255-byte node id) still passes.
+        let id = "n".repeat(255);
+        let mut out = Vec::new();
+        Frame::Hello(Hello {
+            caps: 0,
+            body_len_max: BODY_LEN_MAX_DEFAULT,
+            tx_session: SessionId(uuid::Uuid::from_u128(1)),
+            tx_seq_first: Seq(1),
+            rx_session: SessionId::NIL,
+            rx_delivered: Seq(0),
+            node_id: &id,
+        })
+        .encode(&mut out);
+        assert_eq!(out.len(), 8 + HELLO_BODY_LEN_MAX as usize);
+        let mut acc = Accepting::new(Instant::now());
+        assert_eq!(acc.handle_bytes(&out).unwrap().unwrap().node_id, id);
+    }
+
+    #[test]
     fn half_a_hello_times_out_or_truncates() {
         let t0 = Instant::now();
-        let mut acc = Accepting::new(BODY_LEN_MAX_DEFAULT, t0 + Duration::from_secs(1));
+        let mut acc = Accepting::new(t0 + Duration::from_secs(1));
         acc.handle_bytes(&hello_bytes()[..20]).unwrap();
         assert_eq!(acc.handle_timeout(t0), Ok(()));
         assert_eq!(

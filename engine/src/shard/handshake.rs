@@ -39,10 +39,7 @@ impl State {
         // The deadline covers the TLS handshake too: a dialer that never finishes it is
         // closed like one that never sends its HELLO.
         let deadline = self.now + self.config.handshake_timeout;
-        let index = self.new_conn(
-            fd,
-            Phase::Accepting(Accepting::new(self.config.body_len_max, deadline)),
-        );
+        let index = self.new_conn(fd, Phase::Accepting(Accepting::new(deadline)));
         let conn = &mut self.conns[index];
         conn.link = link;
         conn.recv.wanted = true;
