@@ -151,6 +151,32 @@ pub fn publish_patiently(peer: &Peer, mut payload: Bytes) -> MessageId {
     }
 }
 
+/// Runs a future (a `Confirm`, say) to completion on this thread, for at most [`PATIENCE`].
+///
+/// # Panics
+///
+/// If it does not resolve in time.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "a future never resolved");
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
 /// A scratch directory under the system's temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);

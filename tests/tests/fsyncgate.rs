@@ -7,16 +7,14 @@
 //! (`.ci/run` runs it before the tests; the test installs nothing). Without them the test prints
 //! `SKIPPED fsyncgate: <what is missing>` and passes.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringwire::{Error, PeerConfig, SyncPolicy};
-use ringwire_tests::{PATIENCE, Recorder, builder, is_root, payload, skip, wait_until};
+use ringwire_tests::{Recorder, block_on, builder, is_root, payload, skip, wait_until};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -138,27 +136,6 @@ impl Drop for FailFs {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.base);
-    }
-}
-
-/// Runs a future to completion on this thread.
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        assert!(Instant::now() < deadline, "a confirmation never resolved");
-        std::thread::park_timeout(Duration::from_millis(50));
     }
 }
 
