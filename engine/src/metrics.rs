@@ -66,6 +66,9 @@ counters! {
     protocol_errors,
     /// Dialers refused because the engine already knows `peers_max` peers.
     peers_refused,
+    /// Messages that will never be delivered because they are larger than the peer accepts
+    /// (reported through `Handler::on_undeliverable`).
+    msgs_undeliverable,
     /// TLS connections closed on a TLS failure (a handshake that failed, a certificate that
     /// does not name the node id, a corrupt record).
     tls_failures,

@@ -486,6 +486,8 @@ impl Core {
                 && hello.caps & CAP_BATCH != 0
                 && hello.body_len_max as usize >= frame::BATCH_BODY_MAX,
         );
+        // Nothing larger than the peer accepts goes out: such messages become LOST.
+        sessions.tx.set_peer_body_len_max(hello.body_len_max);
         let acked = sessions.tx.resume(hello.rx_session, hello.rx_delivered)?;
         if acked.count > 0 {
             events.on_acked(acked);

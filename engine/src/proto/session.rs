@@ -103,6 +103,10 @@ pub struct TxSession {
     pushed_at: VecDeque<(Seq, Instant)>,
     /// The highest sequence number already reported as older than the window.
     window_reported: Seq,
+    /// The largest payload the peer accepts, from its HELLO (unlimited until one arrives).
+    peer_payload_len_max: usize,
+    /// Messages encoded as LOST because the peer would refuse them: (seq, payload length).
+    oversize: Vec<(Seq, usize)>,
 }
 
 impl TxSession {
@@ -132,6 +136,8 @@ impl TxSession {
             payload_len: 0,
             pushed_at: VecDeque::new(),
             window_reported: acked,
+            peer_payload_len_max: usize::MAX,
+            oversize: Vec::new(),
         }
     }
 
@@ -146,6 +152,9 @@ impl TxSession {
     /// bug that would otherwise corrupt the session.
     pub fn push(&mut self, seq: Seq, payload: &[u8], weight: u64) {
         self.check_next(seq);
+        if payload.len() > self.peer_payload_len_max {
+            return self.push_oversize(seq, payload.len(), weight);
+        }
         let entry_len = frame::BATCH_ENTRY_PREFIX_LEN + payload.len();
         if self.batching && frame::BATCH_PREFIX_LEN + entry_len <= frame::BATCH_BODY_MAX {
             self.push_entry(seq, payload, entry_len);
@@ -245,6 +254,9 @@ impl TxSession {
     /// for payloads far larger than a frame header. Always a MSG frame.
     pub fn push_shared(&mut self, seq: Seq, payload: Bytes, weight: u64) {
         self.check_next(seq);
+        if payload.len() > self.peer_payload_len_max {
+            return self.push_oversize(seq, payload.len(), weight);
+        }
         self.close_batch();
         let head = frame::msg_head(seq, payload.len());
         self.reserve(head.len());
@@ -253,6 +265,49 @@ impl TxSession {
         self.open_payload_len += payload.len();
         self.seq_next = seq.next();
         self.seal(payload);
+    }
+
+    /// A message of `len` bytes the peer would refuse: a LOST frame instead, and a note for
+    /// [`TxSession::take_oversize`].
+    fn push_oversize(&mut self, seq: Seq, len: usize, weight: u64) {
+        self.oversize.push((seq, len));
+        self.push_lost(seq, weight);
+    }
+
+    /// Takes the peer's payload limit from the `body_len_max` its HELLO announced (call after
+    /// [`TxSession::set_batching`], before [`TxSession::resume`]). Every held message larger
+    /// than the limit is re-encoded as a LOST frame, and so is every later one: the peer would
+    /// refuse its frame, and the replay after the refusal would meet the same fate, so the
+    /// message would stop everything behind it for good. LOST lets the peer skip it. The
+    /// messages so dropped wait in [`TxSession::take_oversize`] for the application to hear of.
+    pub fn set_peer_body_len_max(&mut self, body_len_max: u32) {
+        let max = (body_len_max as usize).saturating_sub(frame::MSG_PREFIX_LEN);
+        self.peer_payload_len_max = max;
+        if !self.open.is_empty() {
+            self.seal(Bytes::new());
+        }
+        let mut removed = 0;
+        for segment in &mut self.segments {
+            removed += drop_oversize(segment, max, &mut self.oversize);
+        }
+        if removed > 0 {
+            self.payload_len -= removed;
+            // The lengths changed: transmission starts over, as `resume` will say anyway.
+            self.cursor = 0;
+            self.cursor_offset = 0;
+            self.unsent_sealed = self.segments.iter().map(Segment::len).sum();
+        }
+    }
+
+    /// The largest payload the peer accepts (`usize::MAX` before its first HELLO).
+    pub fn peer_payload_len_max(&self) -> usize {
+        self.peer_payload_len_max
+    }
+
+    /// The messages encoded as LOST because they were larger than the peer accepts, since the
+    /// last call: (sequence number, payload length), in order.
+    pub fn take_oversize(&mut self) -> Vec<(Seq, usize)> {
+        std::mem::take(&mut self.oversize)
     }
 
     /// Encodes message `seq`, whose content the sender lost (its outbox record was damaged), as
@@ -679,6 +734,53 @@ fn unbatch(head: &Bytes) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
+/// Replaces each MSG frame of `segment` whose payload is over `max` bytes with a LOST frame
+/// (noting it in `oversize`), the payload kept by reference in its tail included; returns the
+/// payload bytes removed. MSG_BATCH entries are never over `max`: batches go only to a peer
+/// whose limit holds the largest one.
+fn drop_oversize(segment: &mut Segment, max: usize, oversize: &mut Vec<(Seq, usize)>) -> usize {
+    let head = &segment.head;
+    let mut out: Option<Vec<u8>> = None;
+    let mut removed = 0;
+    let mut offset = 0;
+    while offset < head.len() {
+        // The last frame's payload may be the tail, past the end of the head.
+        let len = frame::encoded_frame_len(&head[offset..]).min(head.len() - offset);
+        let bytes = &head[offset..offset + len];
+        let payload_len = (bytes[4] == frame::Kind::Msg as u8).then(|| {
+            let body_len = u32::from_le_bytes(bytes[..4].try_into().expect("a header"));
+            body_len as usize - frame::MSG_PREFIX_LEN
+        });
+        match payload_len {
+            Some(payload_len) if payload_len > max => {
+                let seq = Seq(u64::from_le_bytes(
+                    bytes[frame::HEADER_LEN..frame::HEADER_LEN + 8]
+                        .try_into()
+                        .expect("a MSG's seq"),
+                ));
+                oversize.push((seq, payload_len));
+                removed += payload_len;
+                out.get_or_insert_with(|| head[..offset].to_vec())
+                    .extend_from_slice(&frame::lost_frame(seq));
+                if offset + len == head.len() && !segment.tail.is_empty() {
+                    segment.tail = Bytes::new();
+                }
+            }
+            _ => {
+                if let Some(out) = &mut out {
+                    out.extend_from_slice(bytes);
+                }
+            }
+        }
+        offset += len;
+    }
+    if let Some(out) = out {
+        segment.head = Bytes::from(out);
+        segment.payload_len -= removed;
+    }
+    removed
+}
+
 /// What [`RxSession::handle_msg`] decided about one MSG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -893,6 +995,38 @@ mod tests {
             .map(|&(seq, _)| seq)
             .collect();
         assert_eq!(delivered, [5, 6]);
+    }
+
+    #[test]
+    fn messages_larger_than_the_peer_accepts_become_lost_and_are_reported() {
+        let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
+        tx.push(Seq(1), &[1; 10], 1);
+        tx.push(Seq(2), &[2; 3000], 2);
+        tx.push_shared(Seq(3), Bytes::from(vec![3; 70_000]), 3);
+        tx.push(Seq(4), &[4; 10], 4);
+        assert_eq!(transmit(&mut tx)[..2], [(1, Some(10)), (2, Some(3000))]);
+        tx.handle_disconnect();
+        // The peer announces 1 KiB bodies: no batches, and nothing over 1016 bytes of payload.
+        tx.set_batching(false);
+        tx.set_peer_body_len_max(1024);
+        tx.resume(SessionId::NIL, Seq::ZERO).unwrap();
+        assert_eq!(
+            transmit(&mut tx),
+            [(1, Some(10)), (2, None), (3, None), (4, Some(10))]
+        );
+        assert_eq!(tx.take_oversize(), [(Seq(2), 3000), (Seq(3), 70_000)]);
+        assert_eq!(tx.take_oversize(), [], "reported once");
+        assert_eq!(tx.unacked_payload_len(), 20);
+        // Later messages: the same rule at push time; the limit's edge passes.
+        tx.push(Seq(5), &[5; 1016], 5);
+        tx.push(Seq(6), &[6; 1017], 6);
+        tx.push_shared(Seq(7), Bytes::from(vec![7; 20_000]), 7);
+        assert_eq!(transmit(&mut tx), [(5, Some(1016)), (6, None), (7, None)]);
+        assert_eq!(tx.take_oversize(), [(Seq(6), 1017), (Seq(7), 20_000)]);
+        // LOST frames are acknowledged like any other, and release their weight.
+        let acked = tx.handle_ack(Seq(7)).unwrap();
+        assert_eq!((acked.count, acked.weight), (7, 1 + 2 + 3 + 4 + 5 + 6 + 7));
+        assert!(tx.is_idle());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -13,12 +13,16 @@ const PENDING: u8 = 0;
 const ACKED: u8 = 1;
 const FAILED: u8 = 2;
 const SYNC_FAILED: u8 = 3;
+const TOO_LARGE: u8 = 4;
 
 /// Completion slot shared between a [`Confirm`] future and the shard holding the message.
 #[derive(Debug)]
 pub(crate) struct ConfirmSlot {
     state: AtomicU8,
     waker: Mutex<Option<Waker>>,
+    /// With `TOO_LARGE`: the payload's length and the peer's limit.
+    len: AtomicUsize,
+    len_max: AtomicUsize,
 }
 
 impl ConfirmSlot {
@@ -26,6 +30,8 @@ impl ConfirmSlot {
         ConfirmSlot {
             state: AtomicU8::new(PENDING),
             waker: Mutex::new(None),
+            len: AtomicUsize::new(0),
+            len_max: AtomicUsize::new(0),
         }
     }
 
@@ -42,6 +48,13 @@ impl ConfirmSlot {
     /// An outbox sync failed before this message's record was known to be on disk.
     pub(crate) fn fail_sync(&self) {
         self.finish(SYNC_FAILED);
+    }
+
+    /// The message is larger than the peer accepts: it will never be delivered.
+    pub(crate) fn fail_too_large(&self, len: usize, len_max: usize) {
+        self.len.store(len, Ordering::Relaxed);
+        self.len_max.store(len_max, Ordering::Relaxed);
+        self.finish(TOO_LARGE);
     }
 
     fn finish(&self, state: u8) {
@@ -104,6 +117,11 @@ impl Future for Confirm {
             ACKED => Some(Ok(id)),
             FAILED => Some(Err(Error::ShuttingDown)),
             SYNC_FAILED => Some(Err(Error::OutboxFailed)),
+            // Acquire above pairs with `finish`'s Release: the lengths stored before it are seen.
+            TOO_LARGE => Some(Err(Error::PayloadTooLarge {
+                len: slot.len.load(Ordering::Relaxed),
+                len_max: slot.len_max.load(Ordering::Relaxed),
+            })),
             _ => None,
         };
         if let Some(result) = check(slot) {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::error::Error;
 use crate::proto::id::MessageId;
 use crate::route::peer::Peer;
 
@@ -23,9 +24,17 @@ pub trait Handler: Send + Sync + 'static {
     /// The connection to `peer` closed; unacknowledged messages wait for the next one.
     fn on_disconnected(&self, _peer: &Peer) {}
 
-    /// `peer` accepted message `id` but lost it (its outbox record was damaged): it will never
-    /// be delivered. Counted in `msgs_lost_by_peer`; the peer reports it as `outbox_lost`.
+    /// `peer` accepted message `id` but will never deliver it: its outbox record was damaged
+    /// (the peer reports it as `outbox_lost`), or it is larger than this node accepts (the peer
+    /// reports it through [`Handler::on_undeliverable`]). Counted in `msgs_lost_by_peer`.
     fn on_lost(&self, _peer: &Peer, _id: MessageId) {}
+
+    /// Message `id`, accepted by `publish` before `peer` announced its limits, will never be
+    /// delivered, for `reason` (today always [`Error::PayloadTooLarge`]: larger than the
+    /// `body_len_max` the peer's HELLO announced). The peer is told it is lost, so it does not
+    /// hold up the messages behind it; a `publish_confirmed` for it fails with the same error.
+    /// Counted in `msgs_undeliverable`.
+    fn on_undeliverable(&self, _peer: &Peer, _id: MessageId, _reason: &Error) {}
 
     /// `count` messages to `peer`, starting at `first`, have waited for its acknowledgement
     /// longer than [`Config::session_buffer_window`](crate::Config::session_buffer_window). They are kept and still delivered when the
@@ -50,6 +59,10 @@ impl<H: Handler> Handler for Arc<H> {
 
     fn on_lost(&self, peer: &Peer, id: MessageId) {
         (**self).on_lost(peer, id);
+    }
+
+    fn on_undeliverable(&self, peer: &Peer, id: MessageId, reason: &Error) {
+        (**self).on_undeliverable(peer, id, reason);
     }
 
     fn on_window_exceeded(&self, peer: &Peer, first: MessageId, count: u64) {

@@ -34,7 +34,7 @@ use crate::route::ShardId;
 use crate::route::mailbox::{Command, Mailbox};
 use crate::route::peer::PeerShared;
 use crate::route::queue::{Outgoing, PeerQueue};
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// Two producers race for the slots of a two-slot queue while the consumer pops: three
 /// messages for two slots, so a push may find the queue full.
@@ -247,6 +247,7 @@ fn notify_model(publishers: &[&[u8]]) {
         notified: AtomicBool::new(false),
         mailbox: Arc::clone(&mailbox),
         published: CachePadded::default(),
+        payload_len_max: AtomicU64::new(u64::MAX),
     });
     let threads: Vec<_> = publishers
         .iter()

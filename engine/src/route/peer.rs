@@ -133,7 +133,11 @@ impl Peer {
             return Err(Error::ShuttingDown);
         }
         self.router.failures[self.shared.shard.0].check(self.shared.shard)?;
-        let len_max = self.router.config.payload_len_max();
+        let len_max = self
+            .router
+            .config
+            .payload_len_max()
+            .min(self.shared.peer_payload_len_max());
         if payload_len > len_max {
             return Err(Error::PayloadTooLarge {
                 len: payload_len,
@@ -205,6 +209,9 @@ pub(crate) struct PeerShared {
     /// Published by the shard for `stats()` after every receive; on a cache line of its own
     /// so that those stores do not evict what every `publish` reads.
     pub published: CachePadded<Published>,
+    /// The largest payload the peer accepts, from the `body_len_max` of its latest HELLO
+    /// (`u64::MAX` until one arrived): `publish` refuses larger ones at once.
+    pub payload_len_max: AtomicU64,
 }
 
 /// A peer's state as its shard last published it: relaxed, read-only outside the shard.
@@ -217,6 +224,11 @@ pub(crate) struct Published {
 }
 
 impl PeerShared {
+    /// The largest payload the peer is known to accept.
+    pub(crate) fn peer_payload_len_max(&self) -> usize {
+        usize::try_from(self.payload_len_max.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
+    }
+
     /// The id of message `seq` of this peer's outbound session.
     pub(crate) fn message_id(&self, seq: u64) -> MessageId {
         MessageId {

@@ -13,7 +13,7 @@ use crate::route::mailbox::Mailbox;
 use crate::route::owner;
 use crate::route::peer::{Durable, PeerShared};
 use crate::route::queue::PeerQueue;
-use crate::sync::AtomicBool;
+use crate::sync::{AtomicBool, AtomicU64};
 
 /// The engine-wide peer registry: node id to shared peer state. Locked only when a peer is
 /// looked up by name or first seen, never on the publish path.
@@ -82,6 +82,7 @@ impl Registry {
                     notified: AtomicBool::new(false),
                     mailbox: Arc::clone(&mailboxes[shard.0]),
                     published: CachePadded::default(),
+                    payload_len_max: AtomicU64::new(u64::MAX),
                     node_id,
                 })
             },

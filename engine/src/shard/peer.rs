@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::config::Config;
+use crate::error::Error;
 use crate::net::dial::DialPlan;
 use crate::outbox::record;
 use crate::outbox::recovered::RecoveredMessages;
@@ -172,7 +173,9 @@ impl State {
             tx.handle_pushed(self.now, grain);
             ps.local_producer = false;
             ps.large_payloads = large_payloads(count, bytes);
+            self.report_undeliverable(peer);
         }
+        let ps = &mut self.peers[peer];
         let conn = ps.conn.filter(|_| ps.established);
         if count == DRAIN_BUDGET {
             self.drain_again.push(peer);
@@ -188,6 +191,8 @@ impl State {
     pub(super) fn on_established(&mut self, peer: PeerIndex) {
         let ps = &mut self.peers[peer];
         ps.established = true;
+        let len_max = ps.sessions.tx.peer_payload_len_max() as u64;
+        ps.shared.payload_len_max.store(len_max, Ordering::Relaxed);
         if let Some(dial) = &mut ps.dial {
             dial.handle_established();
         }
@@ -210,6 +215,8 @@ impl State {
                 "peer had already dropped messages this node never delivered"
             );
         }
+        self.report_undeliverable(peer);
+        let ps = &mut self.peers[peer];
         self.counters.peers_connected += 1;
         self.counters.connects += 1;
         tracing::debug!(peer = %ps.shared.node_id, "connection established");
@@ -218,6 +225,31 @@ impl State {
             self.mark_dirty(conn);
         }
         self.drain_again.push(peer);
+    }
+}
+
+impl State {
+    /// Tells the application about the messages to `peer` that its session sent as LOST because
+    /// they are larger than the peer accepts, and fails their confirmations.
+    pub(super) fn report_undeliverable(&mut self, peer: PeerIndex) {
+        let ps = &mut self.peers[peer];
+        let oversize = ps.sessions.tx.take_oversize();
+        if oversize.is_empty() {
+            return;
+        }
+        let len_max = ps.sessions.tx.peer_payload_len_max();
+        for (seq, len) in oversize {
+            self.counters.msgs_undeliverable += 1;
+            tracing::warn!(peer = %ps.shared.node_id, seq = seq.0, len, len_max, "a message is larger than the peer accepts; it goes as lost");
+            if let Ok(at) = ps.confirms.binary_search_by_key(&seq, |(s, _)| *s)
+                && let Some((_, slot)) = ps.confirms.remove(at)
+            {
+                slot.fail_too_large(len, len_max);
+            }
+            let reason = Error::PayloadTooLarge { len, len_max };
+            self.handler
+                .on_undeliverable(&ps.handle, ps.shared.message_id(seq.0), &reason);
+        }
     }
 }
 

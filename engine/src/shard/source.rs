@@ -89,6 +89,7 @@ impl State {
         let grain = window_grain(self.config.session_buffer_window);
         let touched = std::mem::take(&mut self.touched);
         for &index in &touched {
+            self.report_undeliverable(index);
             let ps = &mut self.peers[index];
             ps.touched = false;
             ps.sessions.tx.handle_pushed(self.now, grain);
@@ -127,7 +128,10 @@ impl LocalCtx<'_> {
         if peer.router.closing.load(Ordering::Relaxed) {
             return Err(Error::ShuttingDown);
         }
-        let len_max = st.config.payload_len_max();
+        let len_max = st
+            .config
+            .payload_len_max()
+            .min(shared.peer_payload_len_max());
         if len > len_max {
             return Err(Error::PayloadTooLarge { len, len_max });
         }
