@@ -9,6 +9,8 @@
 //!   reference (its throughput has no ACKs).
 //! - `tokio` (`src/tokio_stack.rs`): `LengthDelimitedCodec`, a current-thread runtime per side.
 //! - `tokio-uring` (`src/uring_stack.rs`): owned-buffer io_uring sockets, a runtime per side.
+//! - `tokio-rustls`: the `tokio` stack with every connection inside tokio-rustls (TLS 1.3,
+//!   mutual TLS, set up as ringwire's TLS is: `src/tls.rs`), the baseline for `loadgen --tls`.
 //!
 //! Each file opens with exactly what its baseline does per workload. Every stack puts the same
 //! bytes on the wire (`src/wire.rs`: a 4-byte big-endian length, then the payload; each
@@ -21,12 +23,13 @@
 //! counters, the start gate, loadgen's measurement window, the drain and the report.
 //!
 //! Run them with the `baseline` binary:
-//! `baseline --stack std|tokio|tokio-uring --mode throughput|latency|fanin|pingpong
+//! `baseline --stack std|tokio|tokio-uring|tokio-rustls --mode throughput|latency|fanin|pingpong
 //! [loadgen flags]`.
 
 mod flow;
 mod run;
 mod std_stack;
+mod tls;
 mod tokio_stack;
 mod uring_stack;
 mod wire;

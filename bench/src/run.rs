@@ -30,6 +30,9 @@ pub enum Stack {
     /// tokio-uring's owned-buffer sockets, one runtime per side.
     #[value(name = "tokio-uring")]
     TokioUring,
+    /// The tokio stack with every connection inside tokio-rustls (TLS 1.3, mutual TLS).
+    #[value(name = "tokio-rustls")]
+    TokioRustls,
 }
 
 impl Stack {
@@ -39,6 +42,7 @@ impl Stack {
             Stack::Std => "std",
             Stack::Tokio => "tokio",
             Stack::TokioUring => "tokio-uring",
+            Stack::TokioRustls => "tokio-rustls",
         }
     }
 }
@@ -100,7 +104,10 @@ pub fn run(stack: Stack, w: &Workload) -> Result<Outcome, Error> {
     let shared = Arc::new(Run::new());
     let threads = match stack {
         Stack::Std => std_stack::launch(w, &shared),
-        Stack::Tokio => tokio_stack::launch(w, &shared),
+        Stack::Tokio => tokio_stack::launch(w, &shared, None),
+        Stack::TokioRustls => {
+            crate::tls::setup().and_then(|tls| tokio_stack::launch(w, &shared, Some(tls)))
+        }
         Stack::TokioUring => uring_stack::launch(w, &shared),
     }
     .map_err(|e| Error::Failed(format!("setup: {e}")))?;
@@ -314,11 +321,13 @@ fn check_supported(stack: Stack, w: &Workload) -> Result<(), Error> {
                     .into(),
             ))
         }
-        Stack::Tokio | Stack::TokioUring if w.busy_poll => Err(Error::Unsupported(format!(
-            "--busy-poll is not supported by --stack {}: its runtime parks when idle and has \
+        Stack::Tokio | Stack::TokioUring | Stack::TokioRustls if w.busy_poll => {
+            Err(Error::Unsupported(format!(
+                "--busy-poll is not supported by --stack {}: its runtime parks when idle and has \
              no busy-polling mode; use --stack std for the busy-polling reference",
-            stack.name()
-        ))),
+                stack.name()
+            )))
+        }
         _ => Ok(()),
     }
 }

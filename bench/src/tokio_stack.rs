@@ -40,7 +40,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use loadgen::Pacer;
 use loadgen::workload::{Mode, Workload, stamp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Runtime;
@@ -49,14 +49,24 @@ use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 
 use crate::flow::{ACK_EVERY, Flow};
 use crate::run::{Run, SERVER_CORE, Start, load_core, spawn_pinned, wait_ready};
+use crate::tls::Tls;
 use crate::wire::{
     BATCH_FRAMES_MAX, HELLO, LEN_PREFIX, ack_payload, check_hello, codec, frames_per_batch,
     parse_ack,
 };
 
 /// Starts the server runtime, connects every client connection on the client runtime and
-/// parks it (and the pacer, in latency mode) at the run's gate.
-pub(crate) fn launch(w: &Workload, run: &Arc<Run>) -> io::Result<Vec<JoinHandle<()>>> {
+/// parks it (and the pacer, in latency mode) at the run's gate. With `tls`, every connection
+/// runs over it (the `tokio-rustls` stack).
+pub(crate) fn launch(
+    w: &Workload,
+    run: &Arc<Run>,
+    tls: Option<Tls>,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let (acceptor, connector) = match tls {
+        Some(tls) => (Some(tls.acceptor), Some(tls.connector)),
+        None => (None, None),
+    };
     let (addr_tx, addr_rx) = sync_channel(1);
     let server = {
         let (w, run) = (w.clone(), Arc::clone(run));
@@ -71,7 +81,7 @@ pub(crate) fn launch(w: &Workload, run: &Arc<Run>) -> io::Result<Vec<JoinHandle<
                     Err(e) => return drop(addr_tx.send(Err(e))),
                 };
                 let _ = addr_tx.send(listener.local_addr());
-                serve(listener, &w, &run).await;
+                serve(listener, &w, &run, acceptor).await;
             });
         })?
     };
@@ -83,7 +93,7 @@ pub(crate) fn launch(w: &Workload, run: &Arc<Run>) -> io::Result<Vec<JoinHandle<
         let (w, run) = (w.clone(), Arc::clone(run));
         spawn_pinned("tokio-client", load_core(), move || {
             let connected = runtime().and_then(|rt| {
-                let streams = rt.block_on(connect_all(addr, w.conns))?;
+                let streams = rt.block_on(connect_all(addr, w.conns, connector))?;
                 Ok((rt, streams))
             });
             let (rt, streams) = match connected {
@@ -92,7 +102,14 @@ pub(crate) fn launch(w: &Workload, run: &Arc<Run>) -> io::Result<Vec<JoinHandle<
             };
             let _ = ready_tx.send(Ok(()));
             let start = run.wait_start();
-            rt.block_on(load(streams, request_queues, &w, &run, &start));
+            match streams {
+                Streams::Plain(streams) => {
+                    rt.block_on(load(streams, request_queues, &w, &run, &start));
+                }
+                Streams::Tls(streams) => {
+                    rt.block_on(load(streams, request_queues, &w, &run, &start));
+                }
+            }
         })?
     };
     wait_ready(&ready_rx)?;
@@ -155,22 +172,93 @@ fn listen() -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-async fn connect_all(addr: SocketAddr, conns: usize) -> io::Result<Vec<TcpStream>> {
-    let mut streams = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        stream.write_all(&HELLO).await?;
-        let mut hello = [0; LEN_PREFIX];
-        stream.read_exact(&mut hello).await?;
-        check_hello(&hello)?;
-        streams.push(stream);
+/// A stream the stack carries its frames over: plain TCP, or TLS on it. The plain one splits
+/// into tokio's owned halves, as the `tokio` stack always did; TLS into `tokio::io::split`'s.
+pub(crate) trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Reader: AsyncRead + Unpin + Send + 'static;
+    type Writer: AsyncWrite + Unpin + Send + 'static;
+
+    fn split(self) -> (Self::Reader, Self::Writer);
+}
+
+impl Conn for TcpStream {
+    type Reader = OwnedReadHalf;
+    type Writer = OwnedWriteHalf;
+
+    fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        self.into_split()
     }
-    Ok(streams)
+}
+
+impl Conn for ClientTls {
+    type Reader = ReadHalf<ClientTls>;
+    type Writer = WriteHalf<ClientTls>;
+
+    fn split(self) -> (ReadHalf<ClientTls>, WriteHalf<ClientTls>) {
+        tokio::io::split(self)
+    }
+}
+
+impl Conn for ServerTls {
+    type Reader = ReadHalf<ServerTls>;
+    type Writer = WriteHalf<ServerTls>;
+
+    fn split(self) -> (ReadHalf<ServerTls>, WriteHalf<ServerTls>) {
+        tokio::io::split(self)
+    }
+}
+
+type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The client's connections, handshaken.
+enum Streams {
+    Plain(Vec<TcpStream>),
+    Tls(Vec<ClientTls>),
+}
+
+async fn connect_all(
+    addr: SocketAddr,
+    conns: usize,
+    tls: Option<tokio_rustls::TlsConnector>,
+) -> io::Result<Streams> {
+    let mut plain = Vec::new();
+    let mut encrypted = Vec::new();
+    for _ in 0..conns {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        match &tls {
+            None => plain.push(exchange_hello(stream).await?),
+            Some(connector) => {
+                let stream = connector.connect(crate::tls::server_name(), stream).await?;
+                encrypted.push(exchange_hello(stream).await?);
+            }
+        }
+    }
+    Ok(if tls.is_some() {
+        Streams::Tls(encrypted)
+    } else {
+        Streams::Plain(plain)
+    })
+}
+
+/// Sends the client's HELLO and checks the server's.
+async fn exchange_hello<S: Conn>(mut stream: S) -> io::Result<S> {
+    stream.write_all(&HELLO).await?;
+    stream.flush().await?;
+    let mut hello = [0; LEN_PREFIX];
+    stream.read_exact(&mut hello).await?;
+    check_hello(&hello)?;
+    Ok(stream)
 }
 
 /// Accepts every connection with a task each, then waits for them all to close.
-async fn serve(listener: TcpListener, w: &Workload, run: &Arc<Run>) {
+async fn serve(
+    listener: TcpListener,
+    w: &Workload,
+    run: &Arc<Run>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut tasks = Vec::with_capacity(w.conns);
     for _ in 0..w.conns {
         let accepted = listener.accept().await.and_then(|(stream, _)| {
@@ -181,12 +269,11 @@ async fn serve(listener: TcpListener, w: &Workload, run: &Arc<Run>) {
             Ok(stream) => stream,
             Err(e) => return run.fail("tokio server accept", &e),
         };
-        let (mode, run2) = (w.mode, Arc::clone(run));
+        let (mode, run2, tls) = (w.mode, Arc::clone(run), tls.clone());
         tasks.push(spawn_conn(run, "tokio server connection", async move {
-            let stream = answer_hello(stream).await?;
-            match mode {
-                Mode::Throughput => absorb(stream, run2).await,
-                Mode::Latency | Mode::Fanin | Mode::Pingpong => echo(stream, run2).await,
+            match tls {
+                None => answer(stream, mode, run2).await,
+                Some(acceptor) => answer(acceptor.accept(stream).await?, mode, run2).await,
             }
         }));
     }
@@ -194,18 +281,28 @@ async fn serve(listener: TcpListener, w: &Workload, run: &Arc<Run>) {
     join_all(run, "tokio server connection", tasks).await;
 }
 
+/// Serves one accepted connection: its HELLO, then the workload.
+async fn answer<S: Conn>(stream: S, mode: Mode, run: Arc<Run>) -> io::Result<()> {
+    let stream = answer_hello(stream).await?;
+    match mode {
+        Mode::Throughput => absorb(stream, run).await,
+        Mode::Latency | Mode::Fanin | Mode::Pingpong => echo(stream, run).await,
+    }
+}
+
 /// Reads a connection's HELLO and echoes it.
-async fn answer_hello(mut stream: TcpStream) -> io::Result<TcpStream> {
+async fn answer_hello<S: Conn>(mut stream: S) -> io::Result<S> {
     let mut hello = [0; LEN_PREFIX];
     stream.read_exact(&mut hello).await?;
     check_hello(&hello)?;
     stream.write_all(&HELLO).await?;
+    stream.flush().await?;
     Ok(stream)
 }
 
 /// Starts the client side's tasks and waits for them to finish.
-async fn load(
-    streams: Vec<TcpStream>,
+async fn load<S: Conn>(
+    streams: Vec<S>,
     request_queues: Vec<UnboundedReceiver<Bytes>>,
     w: &Workload,
     run: &Arc<Run>,
@@ -227,7 +324,7 @@ async fn load(
                 let requests = request_queues
                     .next()
                     .expect("one request queue per connection in latency mode");
-                let (reader, writer) = stream.into_split();
+                let (reader, writer) = stream.split();
                 tasks.push(spawn_conn(
                     run,
                     "tokio client",
@@ -276,13 +373,13 @@ async fn join_all(run: &Run, context: &str, tasks: Vec<tokio::task::JoinHandle<(
 
 /// Throughput client: streams frames within the window until the run stops, then closes its
 /// write half and waits for the last ACK.
-async fn stream_out(
-    stream: TcpStream,
+async fn stream_out<S: Conn>(
+    stream: S,
     size: usize,
     run: Arc<Run>,
     start: Arc<Start>,
 ) -> io::Result<()> {
-    let (reader, writer) = stream.into_split();
+    let (reader, writer) = stream.split();
     let flow = Arc::new(Flow::default());
     let acks = tokio::spawn(read_acks(
         reader,
@@ -307,8 +404,8 @@ async fn stream_out(
 }
 
 /// Throughput client, read half: takes the server's cumulative ACKs until it closes.
-async fn read_acks(
-    reader: OwnedReadHalf,
+async fn read_acks<R: AsyncRead + Unpin>(
+    reader: R,
     flow: Arc<Flow>,
     run: Arc<Run>,
     start: Arc<Start>,
@@ -323,7 +420,7 @@ async fn read_acks(
 
 /// Throughput server: counts frames and acknowledges each group of those ready together (at
 /// most [`ACK_EVERY`]) with one cumulative ACK.
-async fn absorb(stream: TcpStream, run: Arc<Run>) -> io::Result<()> {
+async fn absorb<S: Conn>(stream: S, run: Arc<Run>) -> io::Result<()> {
     let mut framed = Framed::new(stream, codec());
     let mut total = 0;
     while let Some(frame) = framed.next().await {
@@ -352,11 +449,12 @@ async fn absorb(stream: TcpStream, run: Arc<Run>) -> io::Result<()> {
             break;
         }
     }
-    Ok(())
+    // Everything is answered: close the write side too (TLS sends its close_notify).
+    SinkExt::<Bytes>::close(&mut framed).await
 }
 
 /// Latency and fanin server: echoes every frame, flushing once no further frame is ready.
-async fn echo(stream: TcpStream, run: Arc<Run>) -> io::Result<()> {
+async fn echo<S: Conn>(stream: S, run: Arc<Run>) -> io::Result<()> {
     let mut framed = Framed::new(stream, codec());
     while let Some(frame) = framed.next().await {
         framed.feed(frame?.freeze()).await?;
@@ -381,13 +479,13 @@ async fn echo(stream: TcpStream, run: Arc<Run>) -> io::Result<()> {
             break;
         }
     }
-    Ok(())
+    SinkExt::<Bytes>::close(&mut framed).await
 }
 
 /// Latency client, write half: sends what the pacer hands over, flushing when the queue is
 /// momentarily empty; closes the write half when the pacer is done.
-async fn write_requests(
-    writer: OwnedWriteHalf,
+async fn write_requests<W: AsyncWrite + Unpin>(
+    writer: W,
     mut requests: UnboundedReceiver<Bytes>,
 ) -> io::Result<()> {
     let mut sink = FramedWrite::new(writer, codec());
@@ -406,7 +504,11 @@ async fn write_requests(
 }
 
 /// Latency client, read half: records the round trip of every echo until the server closes.
-async fn read_echoes(reader: OwnedReadHalf, run: Arc<Run>, start: Arc<Start>) -> io::Result<()> {
+async fn read_echoes<R: AsyncRead + Unpin>(
+    reader: R,
+    run: Arc<Run>,
+    start: Arc<Start>,
+) -> io::Result<()> {
     let mut frames = FramedRead::new(reader, codec());
     while let Some(frame) = frames.next().await {
         run.on_echo(&start, &frame?)?;
@@ -416,7 +518,7 @@ async fn read_echoes(reader: OwnedReadHalf, run: Arc<Run>, start: Arc<Start>) ->
 
 /// Fanin and pingpong client: one stamped message at a time, each sent once the previous echo
 /// is back.
-async fn ping(stream: TcpStream, size: usize, run: Arc<Run>, start: Arc<Start>) -> io::Result<()> {
+async fn ping<S: Conn>(stream: S, size: usize, run: Arc<Run>, start: Arc<Start>) -> io::Result<()> {
     let mut framed = Framed::new(stream, codec());
     while !run.is_stopped() {
         let mut payload = BytesMut::zeroed(size);

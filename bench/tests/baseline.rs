@@ -62,6 +62,21 @@ fn tokio_pingpong() {
 }
 
 #[test]
+fn tokio_rustls_throughput() {
+    smoke("tokio-rustls", "throughput", &[]);
+}
+
+#[test]
+fn tokio_rustls_latency() {
+    smoke("tokio-rustls", "latency", &["--rate", "2000"]);
+}
+
+#[test]
+fn tokio_rustls_fanin() {
+    smoke("tokio-rustls", "fanin", &["--conns", "20"]);
+}
+
+#[test]
 fn tokio_uring_throughput() {
     if has_io_uring() {
         smoke("tokio-uring", "throughput", &[]);
