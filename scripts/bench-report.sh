@@ -8,6 +8,10 @@
 # (`publish_batch` of 64 from a thread) and shard (a `Source` on the client's shard), as rows
 # `ringwire-batch` and `ringwire-shard` of that table.
 #
+# TLS: 64 B and 1 KiB throughput with every connection inside TLS 1.3 (mutual TLS), ringwire
+# (`loadgen run --tls`) beside the tokio-rustls baseline, against the plaintext rows of the
+# same run.
+#
 # Also the durable outbox (ringwire only): the 64 B throughput run without an outbox, with one
 # synced `none` and `always`, and the time to recover a 1 GiB outbox (bench's `recovery`).
 #
@@ -15,6 +19,7 @@
 #        RUNS=5 DURATION=10s scripts/bench-report.sh
 #        ONLY=tp64 scripts/bench-report.sh  (one workload, for a quick look; still rewrites the doc)
 #        ONLY=dur64 / ONLY=recovery         (the outbox rows only)
+#        ONLY=tls                           (the TLS rows only)
 #
 # Runs are interleaved (run 1 of every workload and stack, then run 2, ...) so that a slow
 # patch of the machine does not land on one stack only. Every command is bounded by `timeout`.
@@ -50,6 +55,11 @@ STACKS=(ringwire std tokio tokio-uring)
 # loadgen --publisher values run beside the default (thread) in tp64 and tp1k, as stacks
 # ringwire-<value>.
 PUBLISHERS=(batch shard)
+# name|flags — the TLS rows: ringwire with --tls, and the tokio-rustls baseline.
+TLS=(
+  "tls64|--mode throughput --size 64"
+  "tls1k|--mode throughput --size 1024"
+)
 # variant|flags — the durable outbox rows, all 64 B throughput through loadgen.
 DURABLE=(
   "memory|--mode throughput --size 64"
@@ -120,6 +130,16 @@ for run in $(seq 1 "$RUNS"); do
       done
     fi
   done
+  if [[ -z $ONLY || $ONLY == tls ]]; then
+    for entry in "${TLS[@]}"; do
+      name=${entry%%|*}
+      # shellcheck disable=SC2086
+      run_one "$name" ringwire "$run" $LOADGEN run ${entry#*|} --tls --duration "$DURATION" --warmup "$WARMUP"
+      # shellcheck disable=SC2086
+      run_one "$name" tokio-rustls "$run" $BASELINE --stack tokio-rustls ${entry#*|} \
+        --duration "$DURATION" --warmup "$WARMUP"
+    done
+  fi
   if [[ -z $ONLY || $ONLY == dur64 ]]; then
     for entry in "${DURABLE[@]}"; do
       # shellcheck disable=SC2086

@@ -101,6 +101,38 @@ def row_label(workload, stack):
     return stack
 
 
+def tls_section(results, m, w):
+    """TLS: ringwire over TLS beside the tokio-rustls baseline and ringwire's plaintext rows."""
+    if not any(k[0] in ("tls64", "tls1k") for k in results):
+        return
+    w("## TLS")
+    w("")
+    w("Every connection inside TLS 1.3 with mutual TLS: ringwire with `loadgen run --tls` "
+      "(certificates made for the run, node ids checked), the tokio baseline with "
+      "tokio-rustls (`baseline --stack tokio-rustls`, set up the same way: ring provider, "
+      "AES-128-GCM preferred, client certificates, no tickets). The plaintext rows are the "
+      "same run's `--publisher thread` throughput rows above.")
+    w("")
+    w("| workload | stack | msgs/s | MB/s | p50 µs (publish→ack) | CPU s | busy: serving / load core | ÷ plaintext ringwire |")
+    w("|---|---|---|---|---|---|---|---|")
+    for workload, plain, label in (("tls64", "tp64", "64 B"), ("tls1k", "tp1k", "1 KiB")):
+        base = m(plain, "ringwire", lambda r: r["msgs_per_s"])
+        for stack in ("ringwire", "tokio-rustls"):
+            reports = results.get((workload, stack))
+            if not reports:
+                w(f"| {label} | {stack} | no run finished | | | | | |")
+                continue
+            rates = [r["msgs_per_s"] for r in reports]
+            rate = statistics.median(rates)
+            x = ratio(rate, base)
+            w(f"| {label} | {stack} | {fmt(rate)} [{fmt(min(rates))}–{fmt(max(rates))}] "
+              f"| {fmt(m(workload, stack, lambda r: r['mb_per_s']))} "
+              f"| {fmt(m(workload, stack, lat('p50')))} "
+              f"| {fmt(m(workload, stack, lambda r: r['cpu_s']))} "
+              f"| {busy(reports)} | {f'{x:.2f}×' if x else ''} |")
+    w("")
+
+
 def durable_section(results, m, w):
     """The durable outbox: throughput by sync policy, and recovery time."""
     if not any(k[0] in ("dur64", "recovery") for k in results):
@@ -184,11 +216,12 @@ def main():
       "threads, pacer) on core 1. Same framing for the baselines (4-byte length prefix).")
     w("- Stacks: **ringwire** (`loadgen`), **std** (blocking std sockets: the raw-TCP limit, "
       "no acks in throughput), **tokio** (current-thread runtimes, tokio-util "
-      "`LengthDelimitedCodec`, cumulative acks), **tokio-uring** (same protocol). "
+      "`LengthDelimitedCodec`, cumulative acks), **tokio-uring** (same protocol), "
+      "**tokio-rustls** (the tokio stack inside TLS 1.3, for the TLS rows). "
       "See `bench/src/` for exactly what each baseline does, and docs/loadgen.md for the "
       "workloads.")
     w("- Reproduce: `scripts/bench-report.sh` (about "
-      f"{(len(WORKLOADS) * len(STACKS) + len(PUBLISHER_ROWS) + 5) * int(RUNS)} runs), or any "
+      f"{(len(WORKLOADS) * len(STACKS) + 2 * len(PUBLISHER_ROWS) + 9) * int(RUNS)} runs), or any "
       "single command listed below.")
     w("")
 
@@ -268,6 +301,18 @@ def main():
         f"{fmt(none)} vs {fmt(mem)} = {x:.0%}" if x else "—", None if x is None else x >= 0.9)
     bar("outbox, sync always, 64 B", "≥ 1,000,000 confirmed-durable msgs/s",
         fmt(always), None if always is None else always >= 1e6)
+    for workload, plain, label, floor_plain, floor_tokio in (
+            ("tls64", "tp64", "64 B", 0.6, 2.0), ("tls1k", "tp1k", "1 KiB", 0.5, 1.5)):
+        a = m(workload, "ringwire", lambda r: r["msgs_per_s"])
+        for base_workload, base_stack, floor, text in (
+                (plain, "ringwire", floor_plain, f"≥ {floor_plain}× plaintext ringwire msgs/s"),
+                (workload, "tokio-rustls", floor_tokio, f"≥ {floor_tokio}× the tokio-rustls baseline")):
+            b = m(base_workload, base_stack, lambda r: r["msgs_per_s"])
+            x = ratio(a, b)
+            bar(f"TLS {label} acked", text, f"{fmt(a)} vs {fmt(b)} = {x:.2f}×" if x else "—",
+                None if x is None else x >= floor)
+    bar("mTLS handshakes into one shard", "≥ 1.0× the tokio-rustls baseline",
+        "not measured: no handshake-rate workload yet", None)
     for variant, label, limit in (("1k", "1 KiB", 1.0), ("64", "64 B", 0.5)):
         t = m("recovery", variant, lambda r: r["start_s"])
         bar(f"outbox recovery, 1 GiB of {label} messages", f"< {limit:g} s",
@@ -336,6 +381,7 @@ def main():
             w(f"![{title}: {what}](bench/{workload}-{kind}.svg)")
             w("")
 
+    tls_section(results, m, w)
     durable_section(results, m, w)
 
     w("## Commands")
