@@ -36,6 +36,12 @@ pub enum Error {
     ShardFailed { shard: usize, reason: String },
     /// The kernel lacks an io_uring feature the engine needs.
     Unsupported(String),
+    /// A connection to `peer` failed before it could carry messages: its TLS handshake failed
+    /// (a certificate from another CA, one that does not name the node id, a plaintext peer),
+    /// or the peer refused this node as unauthenticated (GOAWAY `Unauthenticated`). Reported
+    /// through [`Handler::on_handshake_failed`](crate::Handler::on_handshake_failed); the
+    /// engine dials again with backoff. Check the certificates and the CA on both sides.
+    HandshakeFailed { peer: String, reason: String },
     /// The operating system failed; `context` says what the engine was doing.
     Io { context: String, source: io::Error },
 }
@@ -89,6 +95,9 @@ impl fmt::Display for Error {
             ),
             Error::ShardFailed { shard, reason } => write!(f, "shard {shard} failed: {reason}"),
             Error::Unsupported(msg) => write!(f, "unsupported kernel: {msg}"),
+            Error::HandshakeFailed { peer, reason } => {
+                write!(f, "handshake with {peer} failed: {reason}")
+            }
             Error::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }

@@ -6,12 +6,36 @@
 
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
 use bytes::Bytes;
-use ringwire::{Engine, PeerConfig, TlsConfig};
+use ringwire::{Engine, Error, Handler, MessageId, Peer, PeerConfig, TlsConfig};
 use ringwire_tests::certs::OpensslCa;
 use ringwire_tests::{PATIENCE, Recorder, builder, payload, publish_patiently, wait_until};
 
 const COUNT: u64 = 50_000;
+
+/// Keeps the handshake failures a dialer is told of.
+#[derive(Default)]
+struct Failures(Mutex<Vec<String>>);
+
+impl Handler for Failures {
+    fn on_message(&self, _peer: &Peer, _id: MessageId, _payload: &[u8]) {}
+
+    fn on_handshake_failed(&self, peer: &Peer, error: &Error) {
+        assert!(matches!(error, Error::HandshakeFailed { .. }), "{error:?}");
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{}: {error}", peer.node_id()));
+    }
+}
+
+impl Failures {
+    fn first(&self) -> Option<String> {
+        self.0.lock().unwrap().first().cloned()
+    }
+}
 
 fn tls_node(id: &str, shards: usize, tls: &TlsConfig, sink: &Arc<Recorder>) -> Engine {
     let tls = tls.clone();
@@ -110,11 +134,13 @@ fn a_dialer_whose_certificate_names_another_node_is_refused() {
     wait_until("the real peer connected", || sink.total() > 0);
 
     // The impostor's certificate is valid, and names "mallory".
+    let told = Arc::new(Failures::default());
     let impostor = builder("node-a", 1)
         .configure({
             let tls = ca.node("mallory", &["mallory"], &ca);
             move |c| c.tls = Some(tls)
         })
+        .handler(Arc::clone(&told))
         .start()
         .unwrap();
     let fake = impostor.connect(PeerConfig::new("node-b", [addr])).unwrap();
@@ -123,6 +149,13 @@ fn a_dialer_whose_certificate_names_another_node_is_refused() {
         Bytes::from_static(b"\xff\xff\xff\xff\xff\xff\xff\xffinjected"),
     );
     wait_until("the impostor refused", || b.stats().tls_failures >= 1);
+    wait_until("the impostor told why", || told.first().is_some());
+    let why = told.first().unwrap();
+    eprintln!("the impostor was told: {why}");
+    assert!(
+        why.starts_with("node-b: ") && why.contains("unauthenticated") && why.contains("mallory"),
+        "{why}"
+    );
     (COUNT / 2..COUNT).for_each(|n| _ = publish_patiently(&to_b, payload(n, 64)));
     wait_until("the real stream delivered", || sink.total() == COUNT);
     sink.tally("node-a").assert_complete(COUNT, "node-a");
@@ -177,9 +210,11 @@ fn a_certificate_from_another_ca_gets_no_session() {
     };
     let sink = Arc::new(Recorder::default());
     let b = tls_node("node-b", 1, &ca.node("node-b", &["node-b"], &ca), &sink);
+    let told = Arc::new(Failures::default());
     let dial = |id: &str, tls: TlsConfig| {
         let engine = builder(id, 1)
             .configure(move |c| c.tls = Some(tls))
+            .handler(Arc::clone(&told))
             .start()
             .unwrap();
         let peer = engine
@@ -198,6 +233,15 @@ fn a_certificate_from_another_ca_gets_no_session() {
     wait_until("the dialer refused the node's certificate", || {
         doubter.stats().tls_failures >= 1
     });
+    // The dialers are told why: the outsider of the node's refusal (its connection ends in the
+    // handshake), the doubter of the certificate it could not verify.
+    wait_until("a dialer told why", || told.first().is_some());
+    let reasons = told.0.lock().unwrap().clone();
+    eprintln!("dialers were told: {reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("certificate")),
+        "{reasons:?}"
+    );
     assert!(b.stats().peers.is_empty(), "{:?}", b.stats().peers);
     assert_eq!(sink.total(), 0);
     drop((outsider, doubter));

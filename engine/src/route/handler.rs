@@ -41,6 +41,12 @@ pub trait Handler: Send + Sync + 'static {
     /// peer returns; this says the peer has been away that long. Reported once per message,
     /// also counted in `msgs_window_exceeded`.
     fn on_window_exceeded(&self, _peer: &Peer, _first: MessageId, _count: u64) {}
+
+    /// A connection to `peer` (one this node dialed) failed before it could carry messages:
+    /// `error` is [`Error::HandshakeFailed`], saying why. Unacknowledged messages wait, and the
+    /// engine dials again with backoff. A dialer refused by this node is not reported here (it
+    /// has no peer state); it is logged and counted in `tls_failures`.
+    fn on_handshake_failed(&self, _peer: &Peer, _error: &Error) {}
 }
 
 /// A shared handler: keep an `Arc` to read what it collected.
@@ -63,6 +69,10 @@ impl<H: Handler> Handler for Arc<H> {
 
     fn on_undeliverable(&self, peer: &Peer, id: MessageId, reason: &Error) {
         (**self).on_undeliverable(peer, id, reason);
+    }
+
+    fn on_handshake_failed(&self, peer: &Peer, error: &Error) {
+        (**self).on_handshake_failed(peer, error);
     }
 
     fn on_window_exceeded(&self, peer: &Peer, first: MessageId, count: u64) {

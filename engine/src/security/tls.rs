@@ -263,6 +263,12 @@ impl TlsLink {
         }
     }
 
+    /// Appends to `wire` the TLS records due (an alert, after a failure) without encrypting
+    /// anything new: what a failed link still has to say.
+    pub(crate) fn transmit_pending(&mut self, wire: &mut Vec<u8>) {
+        wire.append(&mut self.outgoing);
+    }
+
     /// Whether the handshake is still under way.
     pub(crate) fn is_handshaking(&self) -> bool {
         self.common().is_handshaking()
@@ -365,6 +371,7 @@ fn read<C: Process>(
             Ok(state) => state,
             Err(e) => {
                 start += discard;
+                queue_alert(conn, &mut incoming[start..], outgoing);
                 break Err(TlsFailure::from(e));
             }
         };
@@ -440,6 +447,24 @@ fn write<C: Process>(
                 return Err(TlsFailure("TLS: the connection is closed".into()));
             }
             _ => return Err(TlsFailure("TLS: unexpected connection state".into())),
+        }
+    }
+}
+
+/// After a failure rustls holds the alert that tells the peer why (a certificate it does not
+/// trust, say): queues it in `outgoing`, which still goes out before the connection closes.
+/// `incoming` is what is left of the received bytes after the failed call's discard.
+fn queue_alert<C: Process>(conn: &mut C, incoming: &mut [u8], outgoing: &mut Vec<u8>) {
+    loop {
+        let UnbufferedStatus { state, .. } = conn.process(incoming);
+        match state {
+            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                if encode_into(&mut encode, outgoing).is_err() {
+                    return;
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+            _ => return,
         }
     }
 }
@@ -819,5 +844,27 @@ pub(crate) mod tests {
                 .receive(b"RWIR\x01\x00\x00\x00garbage garbage")
                 .is_err()
         );
+        // The alert that says so is still there to send: a record of content type 21.
+        let mut wire = Vec::new();
+        server.transmit_pending(&mut wire);
+        assert_eq!(wire.first(), Some(&21), "{wire:?}");
+        // Feeding more after the failure neither panics nor succeeds.
+        assert!(server.receive(b"more garbage").is_err());
+    }
+
+    #[test]
+    fn a_refused_client_certificate_is_answered_with_an_alert() {
+        let ca = TestCa::new("ca");
+        let other = TestCa::new("other");
+        let node = TlsContext::load(&ca.node("node-b", &["node-b"], &ca)).unwrap();
+        let outsider = TlsContext::load(&other.node("node-a", &["node-a"], &ca)).unwrap();
+        let mut client = outsider.dial("node-b", localhost()).unwrap();
+        let mut server = node.accept().unwrap();
+        let err = converse(&mut client, &mut server, b"x", b"y").unwrap_err();
+        assert!(err.0.contains("UnknownIssuer"), "{err}");
+        let mut wire = Vec::new();
+        server.transmit_pending(&mut wire);
+        let err = client.receive(&wire).unwrap_err();
+        assert!(err.0.contains("alert"), "the client hears why: {err}");
     }
 }

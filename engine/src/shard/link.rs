@@ -59,10 +59,12 @@ impl Link {
             Link::Plain => proto_output(&mut wire.control, &mut wire.data),
             Link::Tls(tls) => {
                 let written = proto_output(&mut tls.control, &mut tls.data);
-                if tls.failure.is_none()
-                    && let Err(e) = tls
-                        .link
-                        .transmit(&tls.control, &tls.data, &mut wire.control)
+                if tls.failure.is_some() {
+                    // Nothing new is encrypted; an alert the failure left still goes out.
+                    tls.link.transmit_pending(&mut wire.control);
+                } else if let Err(e) = tls
+                    .link
+                    .transmit(&tls.control, &tls.data, &mut wire.control)
                 {
                     tls.failure = Some(e);
                 }

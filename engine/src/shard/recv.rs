@@ -4,6 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::error::Error;
+use crate::proto::GoAwayReason;
 use crate::proto::connection::CloseCause;
 use crate::proto::frame::Seq;
 use crate::route::stage::{self, Staged};
@@ -14,7 +16,7 @@ use super::conn::Phase;
 use super::events::ShardEvents;
 use super::link::Link;
 use super::peer::push_payload;
-use super::slots::ConnId;
+use super::slots::{ConnId, PeerIndex};
 
 impl State {
     /// Bytes arrived on the socket: through the connection's link, into proto.
@@ -49,19 +51,33 @@ impl State {
         self.counters.tls_failures += 1;
         let conn = &mut self.conns[index];
         let peer = match &conn.phase {
-            Phase::Linked { peer, .. } | Phase::Connecting { peer, .. } => {
-                Some(self.peers[*peer].shared.node_id.to_string())
-            }
+            Phase::Linked { peer, .. } | Phase::Connecting { peer, .. } => Some(*peer),
             _ => None,
         };
-        tracing::warn!(conn = index.0, peer, error = %failure, "TLS failed; closing connection");
-        conn.link.fail(failure);
+        let node_id = peer.map(|p| self.peers[p].shared.node_id.to_string());
+        tracing::warn!(conn = index.0, peer = node_id, error = %failure, "TLS failed; closing connection");
+        if let Some(peer) = peer {
+            self.handshake_failed(peer, failure.to_string());
+        }
+        self.conns[index].link.fail(failure);
         self.begin_close(index, Duration::ZERO);
+    }
+
+    /// Tells the application that a connection to `peer` failed before it could carry
+    /// messages, and why.
+    pub(super) fn handshake_failed(&mut self, peer: PeerIndex, reason: String) {
+        let ps = &self.peers[peer];
+        let error = Error::HandshakeFailed {
+            peer: ps.shared.node_id.to_string(),
+            reason,
+        };
+        self.handler.on_handshake_failed(&ps.handle, &error);
     }
 
     fn on_data(&mut self, index: ConnId, data: &[u8]) {
         let now = self.now;
         let mut staged = None;
+        let mut unauthenticated = None;
         let conn = &mut self.conns[index];
         match &mut conn.phase {
             Phase::Accepting(acc) => match acc.handle_bytes(data) {
@@ -111,6 +127,10 @@ impl State {
                         message,
                     }) => {
                         tracing::info!(peer = %ps.shared.node_id, ?reason, message, "peer sent goaway");
+                        if *reason == GoAwayReason::Unauthenticated {
+                            unauthenticated =
+                                Some(format!("refused as unauthenticated: {message}"));
+                        }
                         Some(Duration::from_millis(u64::from(*retry_after_ms)))
                     }
                     Some(_) => Some(Duration::ZERO),
@@ -121,6 +141,9 @@ impl State {
                 }
                 if !was_established && established {
                     self.on_established(peer);
+                }
+                if let Some(reason) = unauthenticated {
+                    self.handshake_failed(peer, reason);
                 }
                 if let Some(retry_after) = retry_after {
                     self.begin_close(index, retry_after);
