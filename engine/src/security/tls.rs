@@ -183,6 +183,8 @@ pub(crate) struct TlsLink {
     outgoing: Vec<u8>,
     /// Plaintext written before the handshake completed.
     backlog: Vec<u8>,
+    /// The failure that ended the link: rustls is not called again after one.
+    failed: Option<TlsFailure>,
 }
 
 enum Side {
@@ -198,6 +200,7 @@ impl TlsLink {
             plaintext: Vec::new(),
             outgoing: Vec::new(),
             backlog: Vec::new(),
+            failed: None,
         }
     }
 
@@ -210,8 +213,11 @@ impl TlsLink {
     /// A TLS failure (a bad certificate, a node id the certificate does not name, a corrupt
     /// record): the connection cannot go on.
     pub(crate) fn receive(&mut self, wire: &[u8]) -> Result<(), TlsFailure> {
+        if let Some(failure) = &self.failed {
+            return Err(failure.clone());
+        }
         self.incoming.extend_from_slice(wire);
-        match &mut self.side {
+        let result = match &mut self.side {
             Side::Client(conn) => read(
                 conn,
                 &mut self.incoming,
@@ -224,7 +230,11 @@ impl TlsLink {
                 &mut self.plaintext,
                 &mut self.outgoing,
             ),
+        };
+        if let Err(failure) = &result {
+            self.failed = Some(failure.clone());
         }
+        result
     }
 
     /// The bytes decrypted so far, for proto; hand the vector back with
@@ -254,13 +264,20 @@ impl TlsLink {
         data: &[Bytes],
         wire: &mut Vec<u8>,
     ) -> Result<(), TlsFailure> {
-        // What reading queued (handshake answers) goes first; then everything is encoded and
-        // encrypted straight into `wire`, with no copy in between.
+        // What reading queued (handshake answers, an alert) goes first; then everything is
+        // encoded and encrypted straight into `wire`, with no copy in between.
         wire.append(&mut self.outgoing);
-        match &mut self.side {
+        if let Some(failure) = &self.failed {
+            return Err(failure.clone());
+        }
+        let result = match &mut self.side {
             Side::Client(conn) => write(conn, wire, &mut self.backlog, control, data),
             Side::Server(conn) => write(conn, wire, &mut self.backlog, control, data),
+        };
+        if let Err(failure) = &result {
+            self.failed = Some(failure.clone());
         }
+        result
     }
 
     /// Appends to `wire` the TLS records due (an alert, after a failure) without encrypting
@@ -454,18 +471,15 @@ fn write<C: Process>(
 /// After a failure rustls holds the alert that tells the peer why (a certificate it does not
 /// trust, say): queues it in `outgoing`, which still goes out before the connection closes.
 /// `incoming` is what is left of the received bytes after the failed call's discard.
+///
+/// One call only: rustls hands out what it has queued before it reads any input, and the one
+/// fatal alert is one record; a second call would read the input again, fail again and try
+/// to queue a second fatal alert.
 fn queue_alert<C: Process>(conn: &mut C, incoming: &mut [u8], outgoing: &mut Vec<u8>) {
-    loop {
-        let UnbufferedStatus { state, .. } = conn.process(incoming);
-        match state {
-            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                if encode_into(&mut encode, outgoing).is_err() {
-                    return;
-                }
-            }
-            Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-            _ => return,
-        }
+    let UnbufferedStatus { state, .. } = conn.process(incoming);
+    if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+        // A failure to encode it leaves the connection to close without it.
+        let _ = encode_into(&mut encode, outgoing);
     }
 }
 

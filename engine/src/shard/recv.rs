@@ -22,6 +22,10 @@ impl State {
     /// Bytes arrived on the socket: through the connection's link, into proto.
     pub(super) fn on_recv(&mut self, index: ConnId, wire: &[u8]) {
         let conn = &mut self.conns[index];
+        if conn.link.failure().is_some() {
+            // The link failed and the connection is closing: what still arrives is dropped.
+            return;
+        }
         let Link::Tls(tls) = &mut conn.link else {
             return self.on_data(index, wire);
         };
