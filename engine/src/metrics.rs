@@ -66,6 +66,9 @@ counters! {
     protocol_errors,
     /// Dialers refused because the engine already knows `peers_max` peers.
     peers_refused,
+    /// Accepted connections refused at once because the shard had `connections_max` open or
+    /// `handshakes_max` still in their handshake.
+    connections_refused,
     /// Messages that will never be delivered because they are larger than the peer accepts
     /// (reported through `Handler::on_undeliverable`).
     msgs_undeliverable,

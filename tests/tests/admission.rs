@@ -48,3 +48,76 @@ fn dialers_beyond_peers_max_are_refused_and_get_no_state() {
     }
     b.shutdown_graceful(PATIENCE).unwrap();
 }
+
+/// Connections that never say who they are cannot pile up: beyond `handshakes_max` accepted
+/// connections still in their handshake, the next is answered with GOAWAY `Overloaded` and a
+/// retry-after, and closed. Once a waiting one completes its HELLO, room is made again.
+#[test]
+fn connections_beyond_handshakes_max_are_refused_with_a_retry_after() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use ringwire::proto::frame::BODY_LEN_MAX_DEFAULT;
+    use ringwire::proto::{Decoder, Frame, GoAwayReason, Hello, Seq, SessionId};
+
+    let sink = Arc::new(Recorder::default());
+    let b = builder("node-b", 1)
+        .listen("127.0.0.1:0")
+        .configure(|c| c.handshakes_max = 3)
+        .handler(Arc::clone(&sink))
+        .start()
+        .unwrap();
+    let addr = b.local_addr().unwrap();
+    // Silent connections, one at a time so that the node has taken each before the next.
+    let mut silent = Vec::new();
+    for i in 0..3 {
+        silent.push(TcpStream::connect(addr).unwrap());
+        wait_until("the node holding the silent connection", || {
+            b.stats().connections == i + 1
+        });
+    }
+    // One more: refused at once, with a reason and a retry-after.
+    let mut refused = TcpStream::connect(addr).unwrap();
+    refused.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut reply = Vec::new();
+    refused.read_to_end(&mut reply).unwrap();
+    let mut frames = Vec::new();
+    Decoder::new(BODY_LEN_MAX_DEFAULT)
+        .decode(&reply, |frame| {
+            if let Frame::GoAway {
+                reason,
+                retry_after_ms,
+                ..
+            } = frame
+            {
+                frames.push((reason, retry_after_ms));
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(frames.len(), 1, "{reply:?}");
+    assert_eq!(frames[0].0, GoAwayReason::Overloaded);
+    assert!(frames[0].1 > 0, "a retry-after");
+    assert_eq!(b.stats().connections_refused, 1);
+    assert!(b.stats().peers.is_empty());
+
+    // A silent connection that says HELLO leaves the handshake, and a new one is taken again.
+    let mut hello = Vec::new();
+    Frame::Hello(Hello {
+        caps: 0,
+        body_len_max: BODY_LEN_MAX_DEFAULT,
+        tx_session: SessionId::NIL,
+        tx_seq_first: Seq(1),
+        rx_session: SessionId::NIL,
+        rx_delivered: Seq(0),
+        node_id: "talker",
+    })
+    .encode(&mut hello);
+    silent[0].write_all(&hello).unwrap();
+    wait_until("the talker became a peer", || b.stats().peers.len() == 1);
+    let _taken = TcpStream::connect(addr).unwrap();
+    wait_until("the next connection taken", || b.stats().connections == 4);
+    assert_eq!(b.stats().connections_refused, 1);
+    drop(silent);
+    b.shutdown_graceful(PATIENCE).unwrap();
+}

@@ -37,6 +37,14 @@ pub struct Config {
     /// are known is refused with GOAWAY `Overloaded` and a retry-after; peers the application
     /// declares itself (`Engine::connect`, `Engine::peer`) are not limited.
     pub peers_max: usize,
+    /// Open connections per shard, dialed and accepted (default 10,000). An accepted connection
+    /// beyond it is refused at once: with GOAWAY `Overloaded` and a retry-after in plaintext,
+    /// by closing it under TLS (no GOAWAY can be sent before a handshake).
+    pub connections_max: usize,
+    /// Accepted connections per shard still in their handshake, not yet known as a peer
+    /// (default 1,000): one more is refused as above, so that connections that never say who
+    /// they are cannot pile up.
+    pub handshakes_max: usize,
     /// Messages a peer's publish queue holds before `publish` returns `Backpressure`
     /// (default 8192, rounded up to a power of two).
     pub peer_queue_len: usize,
@@ -120,6 +128,8 @@ impl Config {
             batch_frames: true,
             peer_queue_len: 8192,
             peers_max: 10_000,
+            connections_max: 10_000,
+            handshakes_max: 1_000,
             unacked_count_max: 65_536,
             unacked_bytes_max: 64 << 20,
             ring_entries: 1024,
@@ -160,6 +170,9 @@ impl Config {
         }
         if self.peer_queue_len == 0 || self.unacked_count_max == 0 || self.unacked_bytes_max == 0 {
             return invalid("queue and unacked limits must be positive");
+        }
+        if self.connections_max == 0 || self.handshakes_max == 0 {
+            return invalid("connections_max and handshakes_max must be positive");
         }
         if !self.recv_buf_count.is_power_of_two() || self.recv_buf_count > 32_768 {
             return invalid("recv_buf_count must be a power of two up to 32768");

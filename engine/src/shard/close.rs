@@ -98,7 +98,11 @@ impl State {
                 Some(peer)
             }
             Phase::Connecting { peer, .. } => Some(peer),
-            Phase::Accepting(_) | Phase::Detached => None,
+            Phase::Accepting(_) => {
+                self.accepting -= 1;
+                None
+            }
+            Phase::Detached => None,
         };
         self.mark_dirty(index);
         let Some(peer) = peer else { return };

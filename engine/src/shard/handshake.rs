@@ -22,6 +22,11 @@ impl State {
         if self.shutdown.is_some() {
             return;
         }
+        if self.counters.connections as usize >= self.config.connections_max
+            || self.accepting >= self.config.handshakes_max
+        {
+            return self.refuse_accepted(fd);
+        }
         if let Err(e) = socket::set_nodelay(fd.as_raw_fd()) {
             tracing::warn!(error = %e, "TCP_NODELAY on an accepted socket failed");
         }
@@ -43,6 +48,30 @@ impl State {
         let conn = &mut self.conns[index];
         conn.link = link;
         conn.recv.wanted = true;
+        self.accepting += 1;
+    }
+
+    /// An accepted connection beyond `connections_max` or `handshakes_max`: refused before
+    /// anything of it is read. In plaintext it gets GOAWAY `Overloaded` with a retry-after
+    /// (and holds a slot only until that is sent); under TLS, where nothing can be said before
+    /// a handshake, it is closed.
+    fn refuse_accepted(&mut self, fd: OwnedFd) {
+        self.counters.connections_refused += 1;
+        tracing::debug!(
+            connections = self.counters.connections,
+            handshakes = self.accepting,
+            "refusing an accepted connection: connections_max or handshakes_max reached"
+        );
+        if self.tls.is_some() {
+            return drop(fd);
+        }
+        let index = self.new_conn(fd, Phase::Detached);
+        self.refuse(
+            index,
+            GoAwayReason::Overloaded,
+            RETRY_AFTER_FULL_MS,
+            "connections_max or handshakes_max reached",
+        );
     }
 
     pub(super) fn on_connected(&mut self, index: ConnId) {
@@ -95,6 +124,7 @@ impl State {
         let conn = self.conns.remove(index);
         debug_assert!(!conn.has_ops_in_flight());
         self.counters.connections -= 1;
+        self.accepting -= 1;
         let mailbox = Arc::clone(&shared.mailbox);
         mailbox.send(Command::Adopt {
             fd: conn.fd,
@@ -149,6 +179,9 @@ impl State {
         match accepted {
             Ok(proto) => {
                 let conn = &mut self.conns[index];
+                if matches!(conn.phase, Phase::Accepting(_)) {
+                    self.accepting -= 1;
+                }
                 conn.phase = Phase::Linked { peer, proto };
                 conn.recv.wanted = true;
                 ps.conn = Some(index);

@@ -168,6 +168,9 @@ struct Shard {
 /// Everything but the ring: what completions and timers act on.
 struct State {
     id: ShardId,
+    /// Accepted connections still in their handshake (phase `Accepting`): held against
+    /// `Config::handshakes_max`.
+    accepting: usize,
     /// The engine's TLS settings: every connection gets a TLS link.
     tls: Option<Arc<TlsContext>>,
     router: Arc<Router>,
@@ -228,6 +231,7 @@ impl Shard {
                     ..Counters::default()
                 },
                 id: init.id,
+                accepting: 0,
                 tls: init.tls,
                 mailbox: Arc::clone(&init.router.mailboxes[init.id.0]),
                 router: init.router,
