@@ -119,10 +119,21 @@ impl State {
         if shared.shard == self.id {
             return self.adopt(index, hello, shared);
         }
-        // The single-shot receive that carried the HELLO has completed and nothing else is in
-        // flight, so the socket can move.
+        // The single-shot receive that carried the HELLO has completed. Nothing else may be in
+        // flight when the socket moves: a send the kernel still reads from would outlive the
+        // buffers freed here. (Under TLS the acceptor's handshake flight went out well before
+        // the dialer could answer it; this guards the case it did not.)
+        if self.conns[index].has_ops_in_flight() {
+            tracing::warn!(peer = %hello.node_id, "a connection with operations in flight cannot move to its owner shard; refusing it");
+            let message = "the connection could not move to its owner shard";
+            return self.refuse(
+                index,
+                GoAwayReason::Overloaded,
+                RETRY_AFTER_FULL_MS,
+                message,
+            );
+        }
         let conn = self.conns.remove(index);
-        debug_assert!(!conn.has_ops_in_flight());
         self.counters.connections -= 1;
         self.accepting -= 1;
         let mailbox = Arc::clone(&shared.mailbox);
