@@ -288,6 +288,19 @@ fn unreachable_target_says_so() {
 
 #[test]
 fn serve_answers_a_remote_run_and_reports_on_sigterm() {
+    let (server, listen) = serve(&[]);
+    let r = report(&["--target", &listen, "--mode", "latency", "--rate", "1000"]);
+    let sent = u(&r, "sent");
+    assert_eq!(r["engine"]["round_trips"], sent);
+    let seen = stop(server);
+    assert_eq!(seen["signal"], "SIGTERM");
+    assert_eq!(seen["received"], sent);
+    assert_eq!(seen["echoed"], sent);
+}
+
+/// Starts `loadgen serve --json -` with `extra` flags on a free port and waits until it
+/// listens; returns the process and its address.
+fn serve(extra: &[&str]) -> (std::process::Child, String) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -296,15 +309,17 @@ fn serve_answers_a_remote_run_and_reports_on_sigterm() {
     let listen = format!("127.0.0.1:{port}");
     let server = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["serve", "--listen", &listen, "--json", "-"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_listening(&listen);
-    let r = report(&["--target", &listen, "--mode", "latency", "--rate", "1000"]);
-    let sent = u(&r, "sent");
-    assert_eq!(r["engine"]["round_trips"], sent);
+    (server, listen)
+}
 
+/// Stops `serve` with SIGTERM and returns what it printed (its JSON summary).
+fn stop(server: std::process::Child) -> Value {
     // SAFETY: kill sends a signal to the child we spawned and still own.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     let out = server.wait_with_output().unwrap();
@@ -313,10 +328,7 @@ fn serve_answers_a_remote_run_and_reports_on_sigterm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(seen["signal"], "SIGTERM");
-    assert_eq!(seen["received"], sent);
-    assert_eq!(seen["echoed"], sent);
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn wait_listening(addr: &str) {
@@ -404,32 +416,17 @@ fn serve_over_tls_answers_a_remote_run_with_openssl_certificates() {
     };
     let node = ca.node("loadgen-server", &["loadgen-server"], &ca);
     let client = ca.node("a-client", &["a-client"], &ca);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
     let path = |p: &std::path::PathBuf| p.display().to_string();
-    let server = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["serve", "--listen", &listen, "--json", "-"])
-        .args([
-            "--tls-cert",
-            &path(&node.cert_path),
-            "--tls-key",
-            &path(&node.key_path),
-        ])
-        .args([
-            "--tls-ca",
-            &path(&node.ca_cert_path),
-            "--node-id-verification",
-            "none",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_listening(&listen);
+    let (server, listen) = serve(&[
+        "--tls-cert",
+        &path(&node.cert_path),
+        "--tls-key",
+        &path(&node.key_path),
+        "--tls-ca",
+        &path(&node.ca_cert_path),
+        "--node-id-verification",
+        "none",
+    ]);
     let r = report(&[
         "--target",
         &listen,
@@ -447,15 +444,7 @@ fn serve_over_tls_answers_a_remote_run_with_openssl_certificates() {
     assert_eq!(r["tls"], true);
     let sent = u(&r, "sent");
     assert_eq!(r["engine"]["round_trips"], sent);
-    // SAFETY: kill sends a signal to the child we spawned and still own.
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    let out = server.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = stop(server);
     assert_eq!(seen["received"], sent);
     assert_eq!(seen["engine.tls_failures"], 0);
 }
