@@ -151,6 +151,25 @@ pub fn publish_patiently(peer: &Peer, mut payload: Bytes) -> MessageId {
     }
 }
 
+/// A dialer's HELLO frame as it goes on the wire, for tests that speak to a node through a raw
+/// socket: `node_id`, no session yet, the default frame limit.
+pub fn hello_frame(node_id: &str) -> Vec<u8> {
+    use ringwire::proto::frame::BODY_LEN_MAX_DEFAULT;
+    use ringwire::proto::{Frame, Hello, Seq, SessionId};
+    let mut out = Vec::new();
+    Frame::Hello(Hello {
+        caps: 0,
+        body_len_max: BODY_LEN_MAX_DEFAULT,
+        tx_session: SessionId::NIL,
+        tx_seq_first: Seq(1),
+        rx_session: SessionId::NIL,
+        rx_delivered: Seq::ZERO,
+        node_id,
+    })
+    .encode(&mut out);
+    out
+}
+
 /// Runs a future (a `Confirm`, say) to completion on this thread, for at most [`PATIENCE`].
 ///
 /// # Panics

@@ -58,7 +58,7 @@ fn connections_beyond_handshakes_max_are_refused_with_a_retry_after() {
     use std::net::TcpStream;
 
     use ringwire::proto::frame::BODY_LEN_MAX_DEFAULT;
-    use ringwire::proto::{Decoder, Frame, GoAwayReason, Hello, Seq, SessionId};
+    use ringwire::proto::{Decoder, Frame, GoAwayReason};
 
     let sink = Arc::new(Recorder::default());
     let b = builder("node-b", 1)
@@ -102,18 +102,9 @@ fn connections_beyond_handshakes_max_are_refused_with_a_retry_after() {
     assert!(b.stats().peers.is_empty());
 
     // A silent connection that says HELLO leaves the handshake, and a new one is taken again.
-    let mut hello = Vec::new();
-    Frame::Hello(Hello {
-        caps: 0,
-        body_len_max: BODY_LEN_MAX_DEFAULT,
-        tx_session: SessionId::NIL,
-        tx_seq_first: Seq(1),
-        rx_session: SessionId::NIL,
-        rx_delivered: Seq(0),
-        node_id: "talker",
-    })
-    .encode(&mut hello);
-    silent[0].write_all(&hello).unwrap();
+    silent[0]
+        .write_all(&ringwire_tests::hello_frame("talker"))
+        .unwrap();
     wait_until("the talker became a peer", || b.stats().peers.len() == 1);
     let _taken = TcpStream::connect(addr).unwrap();
     wait_until("the next connection taken", || b.stats().connections == 4);

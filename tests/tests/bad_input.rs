@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ringwire::PeerConfig;
 use ringwire::proto::frame::{BODY_LEN_MAX_DEFAULT, HEADER_LEN, HELLO_BODY_LEN_MAX, MAGIC};
-use ringwire::proto::{Decoder, Frame, GoAwayReason, Header, Hello, Kind, Seq, SessionId};
+use ringwire::proto::{Decoder, Frame, GoAwayReason, Header, Kind};
 use ringwire_tests::{PATIENCE, Recorder, builder, payload, publish_patiently, wait_until};
 
 /// The good peer publishes at least this many messages, and keeps going until every bad
@@ -289,17 +289,7 @@ fn run(addr: SocketAddr, client: &BadClient) -> Vec<Reply> {
 }
 
 fn hello_bytes(node_id: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    Frame::Hello(Hello {
-        caps: 0,
-        body_len_max: BODY_LEN_MAX_DEFAULT,
-        tx_session: SessionId::NIL,
-        tx_seq_first: Seq(1),
-        rx_session: SessionId::NIL,
-        rx_delivered: Seq::ZERO,
-        node_id,
-    })
-    .encode(&mut out);
+    let out = ringwire_tests::hello_frame(node_id);
     assert_eq!(out[HEADER_LEN..HEADER_LEN + 4], MAGIC);
     out
 }

@@ -7,10 +7,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
-use ringwire::proto::frame::BODY_LEN_MAX_DEFAULT;
-use ringwire::proto::{Frame, Hello, Seq, SessionId};
 use ringwire_tests::certs::OpensslCa;
-use ringwire_tests::{PATIENCE, Recorder, builder, wait_until};
+use ringwire_tests::{PATIENCE, Recorder, builder, hello_frame, wait_until};
 
 const STRANGERS: usize = 5000;
 
@@ -53,18 +51,7 @@ fn a_hello_flood_against_a_tls_node_leaves_no_state_and_little_memory() {
 fn flood(addr: std::net::SocketAddr, count: usize, first: usize) {
     let mut buf = [0u8; 4096];
     for i in first..first + count {
-        let id = format!("stranger-{i}");
-        let mut hello = Vec::new();
-        Frame::Hello(Hello {
-            caps: 0,
-            body_len_max: BODY_LEN_MAX_DEFAULT,
-            tx_session: SessionId::NIL,
-            tx_seq_first: Seq(1),
-            rx_session: SessionId::NIL,
-            rx_delivered: Seq(0),
-            node_id: &id,
-        })
-        .encode(&mut hello);
+        let hello = hello_frame(&format!("stranger-{i}"));
         let mut stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         // The node may close before the whole HELLO is written: that is the point.
