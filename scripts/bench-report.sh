@@ -10,7 +10,7 @@
 #
 # TLS: 64 B and 1 KiB throughput with every connection inside TLS 1.3 (mutual TLS), ringwire
 # (`loadgen run --tls`) beside the tokio-rustls baseline, against the plaintext rows of the
-# same run.
+# same run; and mutual-TLS handshakes per second into one core (bench's `handshakes`).
 #
 # Also the durable outbox (ringwire only): the 64 B throughput run without an outbox, with one
 # synced `none` and `always`, and the time to recover a 1 GiB outbox (bench's `recovery`).
@@ -39,6 +39,7 @@ cargo build --release --quiet -p loadgen -p ringwire-bench --bins
 LOADGEN=target/release/loadgen
 BASELINE=target/release/baseline
 RECOVERY=target/release/recovery
+HANDSHAKES=target/release/handshakes
 OUTBOX=target/bench-outbox
 
 # name|flags — the workloads of the report.
@@ -138,6 +139,9 @@ for run in $(seq 1 "$RUNS"); do
       # shellcheck disable=SC2086
       run_one "$name" tokio-rustls "$run" $BASELINE --stack tokio-rustls ${entry#*|} \
         --duration "$DURATION" --warmup "$WARMUP"
+    done
+    for stack in ringwire tokio-rustls; do
+      run_one handshakes "$stack" "$run" $HANDSHAKES --stack "$stack" --duration "$DURATION" --warmup "$WARMUP"
     done
   fi
   if [[ -z $ONLY || $ONLY == dur64 ]]; then

@@ -131,6 +131,28 @@ def tls_section(results, m, w):
               f"| {fmt(m(workload, stack, lambda r: r['cpu_s']))} "
               f"| {busy(reports)} | {f'{x:.2f}×' if x else ''} |")
     w("")
+    if any(k[0] == "handshakes" for k in results):
+        w("Mutual-TLS handshakes per second into one core (bench's `handshakes`): the serving "
+          "side on core 0, a ringwire node with one shard or a tokio-rustls accept loop; the "
+          "same load side on core 1 for both, four threads each opening one connection after "
+          "another with rustls's blocking client (handshake, a HELLO each way, close).")
+        w("")
+        w("| stack | handshakes/s | busy: serving / load core | ÷ tokio-rustls |")
+        w("|---|---|---|---|")
+        base = m("handshakes", "tokio-rustls", lambda r: r["handshakes_per_s"])
+        for stack in ("ringwire", "tokio-rustls"):
+            reports = results.get(("handshakes", stack))
+            if not reports:
+                w(f"| {stack} | no run finished | | |")
+                continue
+            rates = [r["handshakes_per_s"] for r in reports]
+            rate = statistics.median(rates)
+            serving = statistics.median(r["busy_serving_core"] for r in reports)
+            load = statistics.median(r["busy_load_core"] for r in reports)
+            x = ratio(rate, base)
+            w(f"| {stack} | {fmt(rate)} [{fmt(min(rates))}–{fmt(max(rates))}] "
+              f"| {serving:.0%} / {load:.0%} | {f'{x:.2f}×' if x else ''} |")
+        w("")
 
 
 def durable_section(results, m, w):
@@ -221,7 +243,7 @@ def main():
       "See `bench/src/` for exactly what each baseline does, and docs/loadgen.md for the "
       "workloads.")
     w("- Reproduce: `scripts/bench-report.sh` (about "
-      f"{(len(WORKLOADS) * len(STACKS) + 2 * len(PUBLISHER_ROWS) + 9) * int(RUNS)} runs), or any "
+      f"{(len(WORKLOADS) * len(STACKS) + 2 * len(PUBLISHER_ROWS) + 11) * int(RUNS)} runs), or any "
       "single command listed below.")
     w("")
 
@@ -311,8 +333,11 @@ def main():
             x = ratio(a, b)
             bar(f"TLS {label} acked", text, f"{fmt(a)} vs {fmt(b)} = {x:.2f}×" if x else "—",
                 None if x is None else x >= floor)
+    a = m("handshakes", "ringwire", lambda r: r["handshakes_per_s"])
+    b = m("handshakes", "tokio-rustls", lambda r: r["handshakes_per_s"])
+    x = ratio(a, b)
     bar("mTLS handshakes into one shard", "≥ 1.0× the tokio-rustls baseline",
-        "not measured: no handshake-rate workload yet", None)
+        f"{fmt(a)} vs {fmt(b)} per s = {x:.2f}×" if x else "—", None if x is None else x >= 1.0)
     for variant, label, limit in (("1k", "1 KiB", 1.0), ("64", "64 B", 0.5)):
         t = m("recovery", variant, lambda r: r["start_s"])
         bar(f"outbox recovery, 1 GiB of {label} messages", f"< {limit:g} s",
