@@ -134,7 +134,7 @@ def tls_section(results, m, w):
     if any(k[0] == "handshakes" for k in results):
         w("Mutual-TLS handshakes per second into one core (bench's `handshakes`): the serving "
           "side on core 0, a ringwire node with one shard or a tokio-rustls accept loop; the "
-          "same load side on core 1 for both, four threads each opening one connection after "
+          "same load side on core 1 for both, 16 threads each opening one connection after "
           "another with rustls's blocking client (handshake, a HELLO each way, close).")
         w("")
         w("| stack | handshakes/s | busy: serving / load core | ÷ tokio-rustls |")

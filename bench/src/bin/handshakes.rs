@@ -1,7 +1,7 @@
 //! `handshakes`: mutual-TLS handshakes per second into one serving core.
 //!
 //! ```text
-//! handshakes --stack ringwire|tokio-rustls [--clients 4] [--duration 3s] [--warmup 1s] [--json PATH|-]
+//! handshakes --stack ringwire|tokio-rustls [--clients 16] [--duration 3s] [--warmup 1s] [--json PATH|-]
 //! ```
 //!
 //! The serving side runs on core 0: a ringwire node with one shard and TLS, or a tokio
@@ -39,8 +39,9 @@ struct Cli {
     /// The serving stack.
     #[arg(long, value_parser = ["ringwire", "tokio-rustls"])]
     stack: String,
-    /// Client threads on the load core, each with one connection at a time.
-    #[arg(long, default_value_t = 4)]
+    /// Client threads on the load core, each with one connection at a time: enough that
+    /// waiting for round trips does not leave the serving core idle.
+    #[arg(long, default_value_t = 16)]
     clients: usize,
     #[arg(long, default_value = "3s", value_parser = workload::parse_duration)]
     duration: Duration,
