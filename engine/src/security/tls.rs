@@ -257,7 +257,9 @@ impl TlsLink {
     ///
     /// # Errors
     ///
-    /// A TLS failure: the connection cannot go on.
+    /// A TLS failure: the connection cannot go on. After one (here or in
+    /// [`TlsLink::receive`]) nothing new is encrypted, but what is still due, the alert that
+    /// says why, goes into `wire`.
     pub(crate) fn transmit(
         &mut self,
         control: &[u8],
@@ -280,10 +282,9 @@ impl TlsLink {
         result
     }
 
-    /// Appends to `wire` the TLS records due (an alert, after a failure) without encrypting
-    /// anything new: what a failed link still has to say.
-    pub(crate) fn transmit_pending(&mut self, wire: &mut Vec<u8>) {
-        wire.append(&mut self.outgoing);
+    /// The failure that ended the link, if one did.
+    pub(crate) fn failure(&self) -> Option<&TlsFailure> {
+        self.failed.as_ref()
     }
 
     /// Whether the handshake is still under way.
@@ -860,8 +861,13 @@ pub(crate) mod tests {
         );
         // The alert that says so is still there to send: a record of content type 21.
         let mut wire = Vec::new();
-        server.transmit_pending(&mut wire);
+        assert!(server.transmit(b"more", &[], &mut wire).is_err());
         assert_eq!(wire.first(), Some(&21), "{wire:?}");
+        assert_eq!(
+            wire.len(),
+            7,
+            "the alert alone, nothing encrypted: {wire:?}"
+        );
         // Feeding more after the failure neither panics nor succeeds.
         assert!(server.receive(b"more garbage").is_err());
     }
@@ -877,7 +883,7 @@ pub(crate) mod tests {
         let err = converse(&mut client, &mut server, b"x", b"y").unwrap_err();
         assert!(err.0.contains("UnknownIssuer"), "{err}");
         let mut wire = Vec::new();
-        server.transmit_pending(&mut wire);
+        assert!(server.transmit(&[], &[], &mut wire).is_err());
         let err = client.receive(&wire).unwrap_err();
         assert!(err.0.contains("alert"), "the client hears why: {err}");
     }

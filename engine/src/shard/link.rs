@@ -34,8 +34,6 @@ pub(super) struct Tls {
     pub(super) link: TlsLink,
     control: Vec<u8>,
     data: Vec<Bytes>,
-    /// Why the link stopped working, if it did: the connection must close.
-    failure: Option<TlsFailure>,
 }
 
 impl Link {
@@ -44,7 +42,6 @@ impl Link {
             link,
             control: Vec::new(),
             data: Vec::new(),
-            failure: None,
         }))
     }
 
@@ -59,15 +56,11 @@ impl Link {
             Link::Plain => proto_output(&mut wire.control, &mut wire.data),
             Link::Tls(tls) => {
                 let written = proto_output(&mut tls.control, &mut tls.data);
-                if tls.failure.is_some() {
-                    // Nothing new is encrypted; an alert the failure left still goes out.
-                    tls.link.transmit_pending(&mut wire.control);
-                } else if let Err(e) = tls
+                // A failure stays with the link ([`Link::failure`]); after one, only the alert
+                // that says why still goes out.
+                let _ = tls
                     .link
-                    .transmit(&tls.control, &tls.data, &mut wire.control)
-                {
-                    tls.failure = Some(e);
-                }
+                    .transmit(&tls.control, &tls.data, &mut wire.control);
                 tls.control.clear();
                 tls.data.clear();
                 written
@@ -75,20 +68,11 @@ impl Link {
         }
     }
 
-    /// Records that the link failed; [`Link::failure`] reports it from now on.
-    pub(super) fn fail(&mut self, failure: TlsFailure) {
-        if let Link::Tls(tls) = self
-            && tls.failure.is_none()
-        {
-            tls.failure = Some(failure);
-        }
-    }
-
     /// Why the link stopped working, if it did.
     pub(super) fn failure(&self) -> Option<&TlsFailure> {
         match self {
             Link::Plain => None,
-            Link::Tls(tls) => tls.failure.as_ref(),
+            Link::Tls(tls) => tls.link.failure(),
         }
     }
 

@@ -63,7 +63,6 @@ impl State {
         if let Some(peer) = peer {
             self.handshake_failed(peer, failure.to_string());
         }
-        self.conns[index].link.fail(failure);
         self.begin_close(index, Duration::ZERO);
     }
 
