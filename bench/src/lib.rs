@@ -29,7 +29,7 @@
 mod flow;
 mod run;
 mod std_stack;
-mod tls;
+pub mod tls;
 mod tokio_stack;
 mod uring_stack;
 mod wire;

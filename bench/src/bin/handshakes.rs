@@ -25,13 +25,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use loadgen::workload::{self, Mode, Workload};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
 use ringwire::{Engine, TlsConfig};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use ringwire_bench::tls::Certs;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 #[derive(Debug, Parser)]
 #[command(name = "handshakes")]
@@ -75,14 +72,15 @@ fn run(cli: &Cli) -> Result<(), String> {
 }
 
 fn run_in(cli: &Cli, dir: &Path) -> Result<(), String> {
-    let certs = Certs::make(dir)?;
+    let certs = Certs::make(NODE_ID, CLIENT_ID)?;
     let server_core = 0;
     let load_core = workload::client_core(1);
     // The serving side.
     // Whichever serves is kept alive until the run ends (the tokio thread with the process).
     let (addr, _engine) = match cli.stack.as_str() {
         "ringwire" => {
-            let tls = certs.node.clone();
+            let (cert, key, ca) = certs.write_server_pem(dir)?;
+            let tls = TlsConfig::new(cert, key, ca);
             let engine = Engine::builder()
                 .node_id(NODE_ID)
                 .listen("127.0.0.1:0")
@@ -278,112 +276,4 @@ fn tokio_server(certs: &Certs, core: usize) -> Result<SocketAddr, String> {
     });
     rx.recv_timeout(Duration::from_secs(30))
         .map_err(|_| "the tokio server did not start".to_owned())
-}
-
-/// A throwaway CA and the node's and the client's certificates, as PEM files (for ringwire)
-/// and in memory (for rustls).
-struct Certs {
-    node: TlsConfig,
-    ca: CertificateDer<'static>,
-    node_chain: Vec<CertificateDer<'static>>,
-    node_key: PrivateKeyDer<'static>,
-    client_chain: Vec<CertificateDer<'static>>,
-    client_key: PrivateKeyDer<'static>,
-}
-
-impl Certs {
-    fn make(dir: &Path) -> Result<Certs, String> {
-        let fail = |e: rcgen::Error| format!("making certificates: {e}");
-        let ca_key = KeyPair::generate().map_err(fail)?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "handshakes CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = params.self_signed(&ca_key).map_err(fail)?;
-        let leaf = |name: &str| -> Result<(rcgen::Certificate, KeyPair), String> {
-            let key = KeyPair::generate().map_err(fail)?;
-            let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(fail)?;
-            params.extended_key_usages = vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ];
-            let cert = params.signed_by(&key, &ca, &ca_key).map_err(fail)?;
-            Ok((cert, key))
-        };
-        let (node, node_key) = leaf(NODE_ID)?;
-        let (client, client_key) = leaf(CLIENT_ID)?;
-        let write = |name: &str, text: String| -> Result<std::path::PathBuf, String> {
-            let path = dir.join(name);
-            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(path)
-        };
-        let node_config = TlsConfig::new(
-            write("node.crt", node.pem())?,
-            write("node.key", node_key.serialize_pem())?,
-            write("ca.crt", ca.pem())?,
-        );
-        let der = |key: &KeyPair| {
-            PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
-                key.serialize_der(),
-            ))
-        };
-        Ok(Certs {
-            node: node_config,
-            ca: ca.der().clone(),
-            node_chain: vec![node.der().clone()],
-            node_key: der(&node_key),
-            client_chain: vec![client.der().clone()],
-            client_key: der(&client_key),
-        })
-    }
-
-    fn roots(&self) -> Result<Arc<RootCertStore>, String> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca.clone()).map_err(|e| e.to_string())?;
-        Ok(Arc::new(roots))
-    }
-
-    fn client_config(&self) -> Result<ClientConfig, String> {
-        let mut config = ClientConfig::builder_with_provider(Arc::new(provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.client_chain.clone(), self.client_key.clone_key())
-            .map_err(|e| e.to_string())?;
-        config.resumption = rustls::client::Resumption::disabled();
-        Ok(config)
-    }
-
-    fn server_config(&self) -> Result<rustls::ServerConfig, String> {
-        let provider = Arc::new(provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            self.roots()?,
-            Arc::clone(&provider),
-        )
-        .build()
-        .map_err(|e| e.to_string())?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.node_chain.clone(), self.node_key.clone_key())
-            .map_err(|e| e.to_string())?;
-        config.send_tls13_tickets = 0;
-        Ok(config)
-    }
-}
-
-/// ringwire's provider choice: ring with AES-128-GCM first.
-fn provider() -> rustls::crypto::CryptoProvider {
-    use rustls::crypto::ring::cipher_suite;
-    rustls::crypto::CryptoProvider {
-        cipher_suites: vec![
-            cipher_suite::TLS13_AES_128_GCM_SHA256,
-            cipher_suite::TLS13_AES_256_GCM_SHA384,
-            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-        ],
-        ..rustls::crypto::ring::default_provider()
-    }
 }
