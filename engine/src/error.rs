@@ -42,6 +42,15 @@ pub enum Error {
     /// through [`Handler::on_handshake_failed`](crate::Handler::on_handshake_failed); the
     /// engine dials again with backoff. Check the certificates and the CA on both sides.
     HandshakeFailed { peer: String, reason: String },
+    /// TLS is needed and missing: a configuration whose security mode needs TLS has none
+    /// (configure [`Config::tls`](crate::Config::tls)), or the node dialed accepts only TLS
+    /// (it answered this node's plaintext HELLO with GOAWAY `TlsRequired`; reported through
+    /// `Handler::on_handshake_failed`). `reason` says which.
+    TlsRequired { reason: String },
+    /// Mutual TLS is needed and missing: `Strict` mode without `require_client_auth`, or the
+    /// node dialed asked for a client certificate this node did not present (its TLS alert
+    /// `certificate_required`). Give the node a certificate the peer's CA signed.
+    MtlsRequired { reason: String },
     /// The operating system failed; `context` says what the engine was doing.
     Io { context: String, source: io::Error },
 }
@@ -98,6 +107,8 @@ impl fmt::Display for Error {
             Error::HandshakeFailed { peer, reason } => {
                 write!(f, "handshake with {peer} failed: {reason}")
             }
+            Error::TlsRequired { reason } => write!(f, "TLS required: {reason}"),
+            Error::MtlsRequired { reason } => write!(f, "mutual TLS required: {reason}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }

@@ -19,7 +19,7 @@ use crate::node::{self, ECHO_PREFIX, NodeOptions, Sink};
 use crate::publisher::{
     AckSamples, PacedSource, Publisher, StreamSource, Tally, publish_batches, publish_flat_out,
 };
-use crate::tls::Tls;
+use crate::tls::{Security, Tls};
 use crate::{fanin, pingpong};
 
 /// Where the load goes.
@@ -36,15 +36,13 @@ pub struct Target {
     pub batch_frames: bool,
     /// TLS on every connection of the run.
     pub tls: Option<Arc<Tls>>,
+    /// The security mode of every engine of the run (default: inferred).
+    pub security_mode: Option<ringwire::SecurityMode>,
 }
 
-/// The TLS settings of the run's engine `node_id`, if the run uses TLS.
-pub fn tls_for(target: &Target, node_id: &str) -> Result<Option<ringwire::TlsConfig>, String> {
-    target
-        .tls
-        .as_ref()
-        .map(|tls| tls.config_for(node_id))
-        .transpose()
+/// The TLS settings and security mode of the run's engine `node_id`.
+pub fn security_for(target: &Target, node_id: &str) -> Result<Security, String> {
+    Security::new(target.tls.as_deref(), target.security_mode, node_id)
 }
 
 /// Runs the workload and returns its report.
@@ -62,7 +60,7 @@ pub fn run(
                 shards: target.shards,
                 busy_poll: w.busy_poll,
                 state: None,
-                tls: tls_for(target, &target.node_id)?,
+                security: security_for(target, &target.node_id)?,
             };
             let server = node::start(&options, Arc::clone(&sink))
                 .map_err(|e| format!("starting the embedded node: {e}"))?;
@@ -187,13 +185,13 @@ fn streams(
     for i in 0..w.conns {
         let prefix = if echo { ECHO_PREFIX } else { "" };
         let node_id = format!("{prefix}loadgen-{}-{i}", std::process::id());
-        let tls = tls_for(target, &node_id)?;
+        let security = security_for(target, &node_id)?;
         let client = Engine::builder()
             .node_id(node_id)
             .shards(1)
             .handler(Arc::clone(&echoes))
             .configure(|c| {
-                c.tls = tls;
+                security.clone().apply(c);
                 c.first_core = core;
                 c.idle_spin = node::idle_spin(w.busy_poll);
                 c.batch_frames = target.batch_frames;

@@ -31,7 +31,7 @@ pub struct SendOptions {
     pub wait_for_space: bool,
     pub timeout: Duration,
     /// TLS on the connection to the target.
-    pub tls: Option<ringwire::TlsConfig>,
+    pub security: crate::tls::Security,
 }
 
 /// The payload of message `k`.
@@ -60,14 +60,14 @@ pub fn send(o: &SendOptions) -> Result<serde_json::Value, String> {
         .map_err(|e| format!("--target {:?}: {e}", o.target))?;
     let outbox = o.outbox.clone();
     let sync = o.sync;
-    let tls = o.tls.clone();
+    let security = o.security.clone();
     let engine = Engine::builder()
         .node_id(o.node_id.clone())
         .shards(1)
         .configure(move |c| {
             c.outbox_dir = Some(outbox);
             c.outbox_sync = sync;
-            c.tls = tls;
+            security.apply(c);
             c.pin_shards = false;
             // A crash test restarts the receiver too: find it again quickly.
             c.backoff.initial = Duration::from_millis(20);

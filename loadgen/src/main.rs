@@ -24,7 +24,7 @@ use loadgen::{Report, chart};
 
 use crate::node::{NodeOptions, SERVER_ID, Sink};
 use crate::publisher::Publisher;
-use crate::tls::{EphemeralCa, Tls, TlsArgs};
+use crate::tls::{EphemeralCa, Security, Tls, TlsArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -280,6 +280,7 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
         outbox: outbox.clone(),
         batch_frames: !args.no_batch_frames,
         tls: tls.map(Arc::new),
+        security_mode: args.tls_files.security,
     };
     let result = client::run(&w, &target, args.publisher);
     if let Some((dir, _)) = &outbox {
@@ -314,17 +315,15 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     // only `sigwait` below sees SIGINT and SIGTERM.
     let signals = block_signals();
     let sink = Arc::new(Sink::default());
-    let tls = match args.tls.tls() {
-        Some(tls) => Some(tls.config_for(&args.node_id).map_err(Failure::Run)?),
-        None => None,
-    };
+    let security = Security::new(args.tls.tls().as_ref(), args.tls.security, &args.node_id)
+        .map_err(Failure::Run)?;
     let options = NodeOptions {
         node_id: args.node_id.clone(),
         listen: args.listen,
         shards: args.shards,
         busy_poll: args.busy_poll,
         state: args.state.clone(),
-        tls,
+        security,
     };
     let verifier = match (&args.state, args.verify) {
         (Some(dir), true) => Some(Arc::new(durable::Verifier::open(dir).map_err(|e| {
@@ -423,10 +422,8 @@ fn send(args: &SendArgs) -> Result<(), Failure> {
         sync,
         wait_for_space: args.wait_for_space,
         timeout,
-        tls: match args.tls.tls() {
-            Some(tls) => Some(tls.config_for(&args.node_id).map_err(Failure::Run)?),
-            None => None,
-        },
+        security: Security::new(args.tls.tls().as_ref(), args.tls.security, &args.node_id)
+            .map_err(Failure::Run)?,
     };
     let summary = durable::send(&options).map_err(Failure::Run)?;
     println!("{summary}");

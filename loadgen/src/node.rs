@@ -63,15 +63,15 @@ pub struct NodeOptions {
     pub busy_poll: bool,
     /// Directory for the node's durable state (its outbox and delivered watermarks).
     pub state: Option<PathBuf>,
-    /// TLS on every connection.
-    pub tls: Option<ringwire::TlsConfig>,
+    /// TLS and the security mode.
+    pub security: crate::tls::Security,
 }
 
 /// Starts the node; its shards take cores 0 to `shards - 1`.
 pub fn start(options: &NodeOptions, handler: impl Handler) -> Result<Engine, Error> {
     let busy = options.busy_poll;
     let state = options.state.clone();
-    let tls = options.tls.clone();
+    let security = options.security.clone();
     Engine::builder()
         .node_id(options.node_id.clone())
         .listen(options.listen)
@@ -81,7 +81,7 @@ pub fn start(options: &NodeOptions, handler: impl Handler) -> Result<Engine, Err
             c.first_core = 0;
             c.idle_spin = idle_spin(busy);
             c.outbox_dir = state;
-            c.tls = tls;
+            security.apply(c);
         })
         .start()
 }

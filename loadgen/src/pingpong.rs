@@ -46,13 +46,13 @@ pub fn run(
     let rally = Arc::new(Rally::new(w.size, Arc::clone(&log)));
     let busy_poll = w.busy_poll;
     let node_id = format!("{ECHO_PREFIX}pingpong-{}", std::process::id());
-    let tls = client::tls_for(target, &node_id)?;
+    let security = client::security_for(target, &node_id)?;
     let client = Engine::builder()
         .node_id(node_id)
         .shards(1)
         .handler(Arc::clone(&rally))
         .configure(|c| {
-            c.tls = tls;
+            security.apply(c);
             c.first_core = core;
             c.idle_spin = node::idle_spin(busy_poll);
         })

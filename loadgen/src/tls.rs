@@ -10,7 +10,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use ringwire::{NodeIdVerification, TlsConfig};
+use ringwire::{Config, NodeIdVerification, SecurityMode, TlsConfig};
 
 /// The TLS flags of `run`, `serve` and `send`.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,6 +29,46 @@ pub struct TlsArgs {
     /// name), `cn` (the subject common name) or `none`.
     #[arg(long, value_enum, default_value_t = Verification::San)]
     pub node_id_verification: Verification,
+    /// The security mode: `strict` (mutual TLS, node ids checked), `permissive` (TLS, client
+    /// certificates optional), `development` or `legacy` (plaintext). Default: what the engine
+    /// infers, strict with TLS files, development without.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub security: Option<SecurityMode>,
+}
+
+fn parse_mode(text: &str) -> Result<SecurityMode, String> {
+    text.parse()
+}
+
+/// An engine's TLS settings and security mode.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub tls: Option<TlsConfig>,
+    pub mode: Option<SecurityMode>,
+}
+
+impl Security {
+    /// The settings for `node_id` from the run's TLS (if any) in `mode` (if set): permissive
+    /// mode does not ask dialers for a certificate.
+    pub fn new(
+        tls: Option<&Tls>,
+        mode: Option<SecurityMode>,
+        node_id: &str,
+    ) -> Result<Security, String> {
+        let mut tls = tls.map(|tls| tls.config_for(node_id)).transpose()?;
+        if mode == Some(SecurityMode::Permissive)
+            && let Some(tls) = &mut tls
+        {
+            tls.require_client_auth = false;
+        }
+        Ok(Security { tls, mode })
+    }
+
+    /// Puts the settings into an engine's configuration.
+    pub fn apply(self, config: &mut Config) {
+        config.tls = self.tls;
+        config.security_mode = self.mode;
+    }
 }
 
 /// `--node-id-verification`.

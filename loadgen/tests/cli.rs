@@ -354,6 +354,10 @@ fn tls_run_acks_everything_over_tls() {
     let r = report(&["--mode", "pingpong", "--tls"]);
     assert_eq!(r["tls"], true);
     assert_eq!(r["engine"]["round_trips"], u(&r, "sent"));
+    // Permissive: TLS, the node asks no client certificate.
+    let r = report(&["--mode", "throughput", "--tls", "--security", "permissive"]);
+    assert_eq!(r["tls"], true);
+    assert_eq!(u(&r, "acked"), u(&r, "sent"));
 }
 
 #[test]
@@ -380,6 +384,7 @@ fn tls_flags_that_cannot_work_are_usage_errors() {
             ][..],
             "cannot be used with",
         ),
+        (&["--security", "paranoid"][..], "unknown security mode"),
     ] {
         let out = loadgen(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -400,6 +405,14 @@ fn tls_flags_that_cannot_work_are_usage_errors() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/"), "{err}");
+    // A mode that needs what is not configured: refused before anything runs.
+    let out = loadgen(&["--duration", "300ms", "--security", "strict"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("strict mode needs a TLS configuration"),
+        "{err}"
+    );
 }
 
 /// `serve` with certificate files made by openssl, driven by a remote `run` with its own: the

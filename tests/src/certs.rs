@@ -75,14 +75,59 @@ impl OpensslCa {
         self.node_with_key(cn, sans, trusted, &["-newkey", "rsa:2048"])
     }
 
-    fn node_with_key(
+    /// Like [`OpensslCa::node`], but valid only on 1 January 2020: long expired. Signed with
+    /// `openssl ca`, the one openssl 3.0 command that takes explicit dates.
+    pub fn expired_node(&self, cn: &str, sans: &[&str], trusted: &OpensslCa) -> TlsConfig {
+        let base = format!("{}-{cn}-expired", self.name);
+        let (key_path, csr, cert_path, ext) = self.request(
+            &base,
+            cn,
+            sans,
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        );
+        let config = self.file("ca.cnf");
+        std::fs::write(
+            &config,
+            "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\nnew_certs_dir = .\n\
+             serial = serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n\
+             [any]\ncommonName = supplied\n",
+        )
+        .unwrap();
+        std::fs::write(self.file("index.txt"), "").unwrap();
+        std::fs::write(self.file("serial"), "1000\n").unwrap();
+        self.openssl(&[
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            &config,
+            "-cert",
+            &self.file("ca.crt"),
+            "-keyfile",
+            &self.file("ca.key"),
+            "-in",
+            &csr,
+            "-out",
+            &cert_path,
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200102000000Z",
+            "-extfile",
+            &ext,
+        ]);
+        TlsConfig::new(cert_path, key_path, trusted.cert_path())
+    }
+
+    /// A key (made with `key`), a signing request for `cn` and the extensions file for `sans`:
+    /// their paths, and the path the certificate goes to.
+    fn request(
         &self,
+        base: &str,
         cn: &str,
         sans: &[&str],
-        trusted: &OpensslCa,
         key: &[&str],
-    ) -> TlsConfig {
-        let base = format!("{}-{cn}", self.name);
+    ) -> (String, String, String, String) {
         let (key_path, csr, cert_path, ext) = (
             self.file(&format!("{base}.key")),
             self.file(&format!("{base}.csr")),
@@ -101,6 +146,18 @@ impl OpensslCa {
             extensions.push_str(&format!("subjectAltName={}\n", names.join(",")));
         }
         std::fs::write(&ext, extensions).unwrap();
+        (key_path, csr, cert_path, ext)
+    }
+
+    fn node_with_key(
+        &self,
+        cn: &str,
+        sans: &[&str],
+        trusted: &OpensslCa,
+        key: &[&str],
+    ) -> TlsConfig {
+        let base = format!("{}-{cn}", self.name);
+        let (key_path, csr, cert_path, ext) = self.request(&base, cn, sans, key);
         self.openssl(&[
             "x509",
             "-req",

@@ -9,7 +9,7 @@ use crate::net::backoff::Backoff;
 use crate::proto::ack::AckPolicy;
 use crate::proto::frame::{BODY_LEN_MAX_DEFAULT, MSG_PREFIX_LEN, NODE_ID_LEN_MAX};
 use crate::proto::heartbeat::HeartbeatConfig;
-use crate::security::TlsConfig;
+use crate::security::{NodeIdVerification, SecurityMode, TlsConfig};
 
 /// Every engine setting. Built by [`EngineBuilder`](crate::EngineBuilder); each field's doc
 /// gives its default.
@@ -97,6 +97,10 @@ pub struct Config {
     /// TLS 1.3 on every connection, accepted and dialed (default `None`: plaintext). A node
     /// with TLS refuses plaintext dialers and dials only over TLS. See docs/security.md.
     pub tls: Option<TlsConfig>,
+    /// What the node accepts and dials (default `None`: [`SecurityMode::inferred`] from
+    /// [`Config::tls`]). Set it to have [`Config::validate_security`] hold the configuration
+    /// to a mode: `Strict` refuses to start without mutual TLS, say.
+    pub security_mode: Option<SecurityMode>,
 }
 
 /// When outbox records are written to disk, and what `publish_confirmed` then promises.
@@ -149,12 +153,71 @@ impl Config {
             outbox_peer_bytes_max: 256 << 20,
             session_buffer_window: Duration::from_secs(300),
             tls: None,
+            security_mode: None,
         }
     }
 
     /// The largest payload `publish` accepts.
     pub fn payload_len_max(&self) -> usize {
         self.body_len_max as usize - MSG_PREFIX_LEN
+    }
+
+    /// The security mode the node runs in: the one set, or the one inferred from the TLS
+    /// settings.
+    pub fn security_mode(&self) -> SecurityMode {
+        self.security_mode
+            .unwrap_or_else(|| SecurityMode::inferred(self.tls.as_ref()))
+    }
+
+    /// Checks the security settings against the mode, without starting anything (the engine
+    /// runs it at start, too): a mode that needs TLS without it, `Strict` without mutual TLS
+    /// or without a node id check, a plaintext mode with a TLS configuration it would ignore,
+    /// and certificate, key and CA files that do not load are refused.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TlsRequired`], [`Error::MtlsRequired`], or [`Error::InvalidConfig`] saying
+    /// what is wrong and what to change.
+    pub fn validate_security(&self) -> Result<(), Error> {
+        self.check_security_mode()?;
+        if let Some(tls) = &self.tls {
+            crate::security::tls::TlsContext::load(tls).map_err(Error::InvalidConfig)?;
+        }
+        Ok(())
+    }
+
+    /// [`Config::validate_security`] but for loading the files (the engine loads them once,
+    /// when it starts).
+    fn check_security_mode(&self) -> Result<(), Error> {
+        let mode = self.security_mode();
+        match (mode, &self.tls) {
+            (SecurityMode::Strict | SecurityMode::Permissive, None) => Err(Error::TlsRequired {
+                reason: format!("{mode} mode needs a TLS configuration (Config::tls)"),
+            }),
+            (SecurityMode::Strict, Some(tls)) if !tls.require_client_auth => {
+                Err(Error::MtlsRequired {
+                    reason: "strict mode needs require_client_auth (use permissive mode to \
+                             accept dialers without a certificate)"
+                        .to_owned(),
+                })
+            }
+            (SecurityMode::Strict, Some(tls))
+                if tls.node_id_verification == NodeIdVerification::None =>
+            {
+                Err(Error::InvalidConfig(
+                    "strict mode checks node ids against certificates: node_id_verification \
+                     must be CommonName or SubjectAltName"
+                        .to_owned(),
+                ))
+            }
+            (SecurityMode::Development | SecurityMode::Legacy, Some(_)) => {
+                Err(Error::InvalidConfig(format!(
+                    "{mode} mode is plaintext, and would ignore the TLS configuration: use \
+                     strict or permissive mode, or remove Config::tls"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
@@ -210,6 +273,7 @@ impl Config {
                 );
             }
         }
+        self.check_security_mode()?;
         self.backoff.validate()
     }
 }

@@ -132,6 +132,9 @@ pub enum GoAwayReason {
     /// The sender could not prove it is the node it claims to be (its certificate does not
     /// name the node id of its HELLO).
     Unauthenticated,
+    /// The sender accepts only TLS, and this side spoke plaintext: sent in plaintext, before
+    /// closing, so that a plaintext dialer can tell why.
+    TlsRequired,
     /// A code this build does not know.
     Other(u16),
 }
@@ -155,6 +158,7 @@ impl GoAwayReason {
             Self::Replaced => 12,
             Self::Overloaded => 13,
             Self::Unauthenticated => 14,
+            Self::TlsRequired => 15,
             Self::Other(code) => code,
         }
     }
@@ -177,6 +181,7 @@ impl GoAwayReason {
             12 => Self::Replaced,
             13 => Self::Overloaded,
             14 => Self::Unauthenticated,
+            15 => Self::TlsRequired,
             other => Self::Other(other),
         }
     }

@@ -217,6 +217,26 @@ pub struct Hello<'a> {
     pub node_id: &'a str,
 }
 
+/// Whether `bytes`, the first a connection received, start a plaintext HELLO: a header of
+/// kind HELLO, no flags, a body no longer than the longest HELLO, and the magic if it arrived.
+/// A TLS ClientHello never does (its first bytes, `16 03`, read as a body length of at least
+/// 790), so a TLS acceptor uses this to tell a plaintext dialer why it is refused.
+pub fn is_plaintext_hello(bytes: &[u8]) -> bool {
+    let Some(header) = bytes.first_chunk::<HEADER_LEN>() else {
+        return false;
+    };
+    let magic_ok = bytes
+        .get(HEADER_LEN..HEADER_LEN + MAGIC.len())
+        .is_none_or(|magic| magic == MAGIC);
+    matches!(
+        Header::parse(header, HELLO_BODY_LEN_MAX, 0),
+        Ok(Header {
+            kind: Kind::Hello,
+            ..
+        })
+    ) && magic_ok
+}
+
 /// One decoded frame, borrowing its body from the decoder's input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame<'a> {
@@ -963,5 +983,35 @@ mod tests {
             .unwrap_err();
         assert_eq!(calls, 1);
         assert_eq!(err.reason(), GoAwayReason::UnexpectedFrame);
+    }
+
+    #[test]
+    fn a_plaintext_hello_is_told_from_a_tls_client_hello() {
+        let mut hello = Vec::new();
+        Frame::Hello(Hello {
+            caps: CAP_BATCH,
+            body_len_max: BODY_LEN_MAX_DEFAULT,
+            tx_session: SessionId::NIL,
+            tx_seq_first: Seq(1),
+            rx_session: SessionId::NIL,
+            rx_delivered: Seq::ZERO,
+            node_id: &"n".repeat(NODE_ID_LEN_MAX),
+        })
+        .encode(&mut hello);
+        for len in [HEADER_LEN, HEADER_LEN + 2, hello.len()] {
+            assert!(is_plaintext_hello(&hello[..len]), "{len} bytes");
+        }
+        assert!(!is_plaintext_hello(&hello[..HEADER_LEN - 1]));
+        let mut bad_magic = hello.clone();
+        bad_magic[HEADER_LEN] = b'X';
+        assert!(!is_plaintext_hello(&bad_magic));
+        // The start of a TLS record carrying a ClientHello, and other frames.
+        let client_hello = [
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
+        assert!(!is_plaintext_hello(&client_hello));
+        let mut ping = Vec::new();
+        Frame::Ping { timestamp: 7 }.encode(&mut ping);
+        assert!(!is_plaintext_hello(&ping));
     }
 }

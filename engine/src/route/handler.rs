@@ -43,7 +43,9 @@ pub trait Handler: Send + Sync + 'static {
     fn on_window_exceeded(&self, _peer: &Peer, _first: MessageId, _count: u64) {}
 
     /// A connection to `peer` (one this node dialed) failed before it could carry messages:
-    /// `error` is [`Error::HandshakeFailed`], saying why. Unacknowledged messages wait, and the
+    /// `error` is [`Error::HandshakeFailed`] saying why, [`Error::TlsRequired`] if the peer
+    /// accepts only TLS and this node is plaintext, or [`Error::MtlsRequired`] if the peer
+    /// wants a client certificate this node did not present. Unacknowledged messages wait, and the
     /// engine dials again with backoff. A dialer refused by this node is not reported here (it
     /// has no peer state); it is logged and counted in `tls_failures`.
     fn on_handshake_failed(&self, _peer: &Peer, _error: &Error) {}

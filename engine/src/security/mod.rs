@@ -1,5 +1,6 @@
 //! Security: the TLS adapter on the shard's link layer (`tls.rs`, the only file that names
-//! rustls) and node identity in certificates (`identity.rs`). AUTH and rate limits come next.
+//! rustls), node identity in certificates (`identity.rs`) and the security modes that say what
+//! a node accepts and dials. AUTH and rate limits come next.
 //!
 //! Must never depend on `shard`, `route` or `api`: like `proto`, it takes bytes from the caller
 //! and hands bytes back; the shard moves them between the ring and proto.
@@ -64,4 +65,80 @@ pub enum NodeIdVerification {
     /// A DNS name among the certificate's subject alternative names must equal the node id.
     #[default]
     SubjectAltName,
+}
+
+/// What a node accepts and dials (seed 002's security modes; docs/security.md, "Modes").
+///
+/// | mode | accepts | dials | needs |
+/// |---|---|---|---|
+/// | `Strict` | TLS 1.3 only, with a client certificate from the CA naming the node id | TLS, presenting its certificate | [`Config::tls`](crate::Config::tls) with `require_client_auth` and a node id check |
+/// | `Permissive` | TLS 1.3 only; a client certificate is checked if the dialer presents one | TLS | `Config::tls` |
+/// | `Development` | plaintext only | plaintext | no TLS configured |
+/// | `Legacy` | plaintext only | plaintext | no TLS configured |
+///
+/// No mode is ever negotiated down: a node with TLS reads no plaintext frame (a plaintext
+/// dialer is answered, in plaintext, with GOAWAY `TlsRequired` and closed), and a plaintext
+/// node does not speak TLS. Plaintext modes authenticate nobody: anyone who can reach the node
+/// can claim any node id. Use them on loopback or a trusted network only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityMode {
+    /// Mutual TLS with node ids checked against certificates: for production.
+    Strict,
+    /// TLS, client certificates optional: for rolling TLS out before every node has a
+    /// certificate of its own that the CA signed.
+    Permissive,
+    /// Plaintext, for tests on one machine.
+    Development,
+    /// Plaintext, for talking to builds that predate TLS.
+    Legacy,
+}
+
+impl SecurityMode {
+    /// The mode a configuration without an explicit one runs in: `Strict` when TLS is
+    /// configured with client certificates required and node ids checked, `Permissive` when
+    /// TLS is configured otherwise, `Development` without TLS.
+    pub fn inferred(tls: Option<&TlsConfig>) -> SecurityMode {
+        match tls {
+            Some(tls)
+                if tls.require_client_auth
+                    && tls.node_id_verification != NodeIdVerification::None =>
+            {
+                SecurityMode::Strict
+            }
+            Some(_) => SecurityMode::Permissive,
+            None => SecurityMode::Development,
+        }
+    }
+
+    /// Whether the mode runs TLS.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityMode::Strict | SecurityMode::Permissive)
+    }
+}
+
+impl std::fmt::Display for SecurityMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SecurityMode::Strict => "strict",
+            SecurityMode::Permissive => "permissive",
+            SecurityMode::Development => "development",
+            SecurityMode::Legacy => "legacy",
+        })
+    }
+}
+
+impl std::str::FromStr for SecurityMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SecurityMode, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "strict" => Ok(SecurityMode::Strict),
+            "permissive" => Ok(SecurityMode::Permissive),
+            "development" => Ok(SecurityMode::Development),
+            "legacy" => Ok(SecurityMode::Legacy),
+            _ => Err(format!(
+                "unknown security mode {s:?} (strict, permissive, development or legacy)"
+            )),
+        }
+    }
 }

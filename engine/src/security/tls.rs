@@ -185,6 +185,8 @@ pub(crate) struct TlsLink {
     backlog: Vec<u8>,
     /// The failure that ended the link: rustls is not called again after one.
     failed: Option<TlsFailure>,
+    /// Whether any byte was received.
+    received: bool,
 }
 
 enum Side {
@@ -201,6 +203,7 @@ impl TlsLink {
             outgoing: Vec::new(),
             backlog: Vec::new(),
             failed: None,
+            received: false,
         }
     }
 
@@ -216,6 +219,7 @@ impl TlsLink {
         if let Some(failure) = &self.failed {
             return Err(failure.clone());
         }
+        self.received |= !wire.is_empty();
         self.incoming.extend_from_slice(wire);
         let result = match &mut self.side {
             Side::Client(conn) => read(
@@ -282,6 +286,29 @@ impl TlsLink {
         result
     }
 
+    /// Ends a server link whose dialer spoke plaintext ringwire before any TLS byte: `answer`
+    /// (a plaintext GOAWAY saying TLS is required) is what goes out, unencrypted, instead of
+    /// a TLS alert the dialer could not read. Nothing the dialer sent is processed.
+    pub(crate) fn refuse_plaintext(&mut self, answer: &[u8]) -> TlsFailure {
+        let failure = TlsFailure::plaintext_peer();
+        if self.failed.is_none() && self.incoming.is_empty() && matches!(self.side, Side::Server(_))
+        {
+            self.outgoing.clear();
+            self.outgoing.extend_from_slice(answer);
+            self.failed = Some(failure.clone());
+        }
+        failure
+    }
+
+    /// Whether nothing has been received yet: the next bytes are the dialer's first.
+    pub(crate) fn is_fresh_server(&self) -> bool {
+        matches!(self.side, Side::Server(_))
+            && self.failed.is_none()
+            && self.incoming.is_empty()
+            && self.is_handshaking()
+            && !self.received
+    }
+
     /// The failure that ended the link, if one did.
     pub(crate) fn failure(&self) -> Option<&TlsFailure> {
         self.failed.as_ref()
@@ -327,17 +354,62 @@ impl fmt::Debug for TlsLink {
 
 /// Why a TLS connection cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TlsFailure(pub String);
+pub(crate) struct TlsFailure {
+    reason: String,
+    kind: TlsFailureKind,
+}
+
+/// The failures the application is told of by their own error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsFailureKind {
+    /// Anything else: a certificate that does not verify, a corrupt record.
+    Other,
+    /// The peer sent a plaintext ringwire HELLO to a TLS node.
+    PlaintextPeer,
+    /// The peer asked for a client certificate this side did not present (its alert
+    /// `certificate_required`).
+    CertificateRequired,
+}
+
+impl TlsFailure {
+    pub(crate) fn other(reason: impl Into<String>) -> TlsFailure {
+        TlsFailure {
+            reason: reason.into(),
+            kind: TlsFailureKind::Other,
+        }
+    }
+
+    /// A peer that spoke plaintext ringwire to this TLS node.
+    pub(crate) fn plaintext_peer() -> TlsFailure {
+        TlsFailure {
+            reason: "the peer sent a plaintext HELLO to a node that accepts only TLS".to_owned(),
+            kind: TlsFailureKind::PlaintextPeer,
+        }
+    }
+
+    pub(crate) fn kind(&self) -> TlsFailureKind {
+        self.kind
+    }
+}
 
 impl fmt::Display for TlsFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.reason)
     }
 }
 
 impl From<rustls::Error> for TlsFailure {
     fn from(e: rustls::Error) -> TlsFailure {
-        TlsFailure(format!("TLS: {e}"))
+        let kind = match e {
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+                TlsFailureKind::CertificateRequired
+            }
+            _ => TlsFailureKind::Other,
+        };
+        TlsFailure {
+            reason: format!("TLS: {e}"),
+            kind,
+        }
     }
 }
 
@@ -418,7 +490,7 @@ fn read<C: Process>(
             | ConnectionState::Closed => true,
             _ => {
                 start += discard;
-                break Err(TlsFailure("TLS: unexpected connection state".into()));
+                break Err(TlsFailure::other("TLS: unexpected connection state"));
             }
         };
         start += discard;
@@ -462,9 +534,9 @@ fn write<C: Process>(
                 return Ok(());
             }
             ConnectionState::PeerClosed | ConnectionState::Closed => {
-                return Err(TlsFailure("TLS: the connection is closed".into()));
+                return Err(TlsFailure::other("TLS: the connection is closed"));
             }
-            _ => return Err(TlsFailure("TLS: unexpected connection state".into())),
+            _ => return Err(TlsFailure::other("TLS: unexpected connection state")),
         }
     }
 }
@@ -497,9 +569,13 @@ fn encode_into<Data>(
             out.resize(start + required_size, 0);
             encode
                 .encode(&mut out[start..])
-                .map_err(|e| TlsFailure(format!("TLS: encoding a handshake record: {e}")))?
+                .map_err(|e| TlsFailure::other(format!("TLS: encoding a handshake record: {e}")))?
         }
-        Err(e) => return Err(TlsFailure(format!("TLS: encoding a handshake record: {e}"))),
+        Err(e) => {
+            return Err(TlsFailure::other(format!(
+                "TLS: encoding a handshake record: {e}"
+            )));
+        }
     };
     out.truncate(start + written);
     Ok(())
@@ -520,9 +596,10 @@ fn encrypt_into(
         Ok(written) => written,
         Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
             out.resize(start + required_size, 0);
-            encrypt(&mut out[start..]).map_err(|e| TlsFailure(format!("TLS: encrypting: {e}")))?
+            encrypt(&mut out[start..])
+                .map_err(|e| TlsFailure::other(format!("TLS: encrypting: {e}")))?
         }
-        Err(e) => return Err(TlsFailure(format!("TLS: encrypting: {e}"))),
+        Err(e) => return Err(TlsFailure::other(format!("TLS: encrypting: {e}"))),
     };
     out.truncate(start + written);
     Ok(())
@@ -541,7 +618,7 @@ fn check_names(
         NodeIdVerification::CommonName => "common name",
         _ => "DNS subject alternative name",
     };
-    Err(TlsFailure(format!(
+    Err(TlsFailure::other(format!(
         "the peer's certificate does not name node id {node_id:?} as its {field} (it names {:?})",
         identity::presented_names(cert, verification)
     )))
@@ -599,7 +676,7 @@ impl ServerCertVerifier for NodeVerifier {
             .map(|()| ServerCertVerified::assertion())
             .map_err(|e| {
                 rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                    Arc::new(IdentityError(e.0)),
+                    Arc::new(IdentityError(e.reason)),
                 )))
             })
     }
@@ -778,7 +855,7 @@ pub(crate) mod tests {
         assert!(b.check_dialer(&server, "node-a").is_ok());
         let err = b.check_dialer(&server, "node-x").unwrap_err();
         assert!(
-            err.0.contains("node-x") && err.0.contains("node-a"),
+            err.reason.contains("node-x") && err.reason.contains("node-a"),
             "{err}"
         );
     }
@@ -791,7 +868,7 @@ pub(crate) mod tests {
         let mut client = a.dial("node-c", localhost()).unwrap();
         let mut server = b.accept().unwrap();
         let err = converse(&mut client, &mut server, b"x", b"y").unwrap_err();
-        assert!(err.0.contains("node-c"), "{err}");
+        assert!(err.reason.contains("node-c"), "{err}");
     }
 
     #[test]
@@ -820,7 +897,7 @@ pub(crate) mod tests {
         let mut client = good.dial("node-b", localhost()).unwrap();
         let mut server = stranger.accept().unwrap();
         let err = converse(&mut client, &mut server, b"x", b"y").unwrap_err();
-        assert!(err.0.contains("TLS"), "{err}");
+        assert!(err.reason.contains("TLS"), "{err}");
         let mut client = stranger.dial("node-a", localhost()).unwrap();
         let mut server = good.accept().unwrap();
         assert!(converse(&mut client, &mut server, b"x", b"y").is_err());
@@ -881,10 +958,10 @@ pub(crate) mod tests {
         let mut client = outsider.dial("node-b", localhost()).unwrap();
         let mut server = node.accept().unwrap();
         let err = converse(&mut client, &mut server, b"x", b"y").unwrap_err();
-        assert!(err.0.contains("UnknownIssuer"), "{err}");
+        assert!(err.reason.contains("UnknownIssuer"), "{err}");
         let mut wire = Vec::new();
         assert!(server.transmit(&[], &[], &mut wire).is_err());
         let err = client.receive(&wire).unwrap_err();
-        assert!(err.0.contains("alert"), "the client hears why: {err}");
+        assert!(err.reason.contains("alert"), "the client hears why: {err}");
     }
 }

@@ -8,8 +8,9 @@ use crate::error::Error;
 use crate::proto::GoAwayReason;
 use crate::proto::connection::CloseCause;
 use crate::proto::frame::Seq;
+use crate::proto::frame::{self, Frame};
 use crate::route::stage::{self, Staged};
-use crate::security::tls::TlsFailure;
+use crate::security::tls::{TlsFailure, TlsFailureKind};
 
 use super::State;
 use super::conn::Phase;
@@ -17,6 +18,17 @@ use super::events::ShardEvents;
 use super::link::Link;
 use super::peer::push_payload;
 use super::slots::{ConnId, PeerIndex};
+
+/// Which error a failed handshake is reported as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HandshakeCause {
+    /// [`Error::TlsRequired`]: the node dialed wants TLS.
+    TlsRequired,
+    /// [`Error::MtlsRequired`]: the node dialed wants a client certificate.
+    MtlsRequired,
+    /// [`Error::HandshakeFailed`].
+    Other,
+}
 
 impl State {
     /// Bytes arrived on the socket: through the connection's link, into proto.
@@ -29,6 +41,19 @@ impl State {
         let Link::Tls(tls) = &mut conn.link else {
             return self.on_data(index, wire);
         };
+        if tls.link.is_fresh_server() && frame::is_plaintext_hello(wire) {
+            // Never read, never answered in kind: the dialer is told, in the only language it
+            // speaks, that this node wants TLS.
+            let mut answer = Vec::new();
+            Frame::GoAway {
+                reason: GoAwayReason::TlsRequired,
+                retry_after_ms: 0,
+                message: "this node accepts only TLS",
+            }
+            .encode(&mut answer);
+            let failure = tls.link.refuse_plaintext(&answer);
+            return self.tls_failed(index, failure);
+        }
         if let Err(e) = tls.link.receive(wire) {
             return self.tls_failed(index, e);
         }
@@ -61,18 +86,36 @@ impl State {
         let node_id = peer.map(|p| self.peers[p].shared.node_id.to_string());
         tracing::warn!(conn = index.0, peer = node_id, error = %failure, "TLS failed; closing connection");
         if let Some(peer) = peer {
-            self.handshake_failed(peer, failure.to_string());
+            let cause = match failure.kind() {
+                TlsFailureKind::CertificateRequired => HandshakeCause::MtlsRequired,
+                _ => HandshakeCause::Other,
+            };
+            self.handshake_failed(peer, cause, failure.to_string());
         }
         self.begin_close(index, Duration::ZERO);
     }
 
     /// Tells the application that a connection to `peer` failed before it could carry
     /// messages, and why.
-    pub(super) fn handshake_failed(&mut self, peer: PeerIndex, reason: String) {
+    pub(super) fn handshake_failed(
+        &mut self,
+        peer: PeerIndex,
+        cause: HandshakeCause,
+        reason: String,
+    ) {
         let ps = &self.peers[peer];
-        let error = Error::HandshakeFailed {
-            peer: ps.shared.node_id.to_string(),
-            reason,
+        let node_id = ps.shared.node_id.to_string();
+        let error = match cause {
+            HandshakeCause::TlsRequired => Error::TlsRequired {
+                reason: format!("{node_id} refused this node's plaintext HELLO: {reason}"),
+            },
+            HandshakeCause::MtlsRequired => Error::MtlsRequired {
+                reason: format!("{node_id} asked for a client certificate: {reason}"),
+            },
+            HandshakeCause::Other => Error::HandshakeFailed {
+                peer: node_id,
+                reason,
+            },
         };
         self.handler.on_handshake_failed(&ps.handle, &error);
     }
@@ -80,7 +123,7 @@ impl State {
     fn on_data(&mut self, index: ConnId, data: &[u8]) {
         let now = self.now;
         let mut staged = None;
-        let mut unauthenticated = None;
+        let mut refused = None;
         let conn = &mut self.conns[index];
         match &mut conn.phase {
             Phase::Accepting(acc) => match acc.handle_bytes(data) {
@@ -131,8 +174,12 @@ impl State {
                     }) => {
                         tracing::info!(peer = %ps.shared.node_id, ?reason, message, "peer sent goaway");
                         if *reason == GoAwayReason::Unauthenticated {
-                            unauthenticated =
-                                Some(format!("refused as unauthenticated: {message}"));
+                            refused = Some((
+                                HandshakeCause::Other,
+                                format!("refused as unauthenticated: {message}"),
+                            ));
+                        } else if *reason == GoAwayReason::TlsRequired {
+                            refused = Some((HandshakeCause::TlsRequired, message.clone()));
                         }
                         Some(Duration::from_millis(u64::from(*retry_after_ms)))
                     }
@@ -145,8 +192,8 @@ impl State {
                 if !was_established && established {
                     self.on_established(peer);
                 }
-                if let Some(reason) = unauthenticated {
-                    self.handshake_failed(peer, reason);
+                if let Some((cause, reason)) = refused {
+                    self.handshake_failed(peer, cause, reason);
                 }
                 if let Some(retry_after) = retry_after {
                     self.begin_close(index, retry_after);
