@@ -1,4 +1,5 @@
-//! Thin syscall wrappers: sockets, socket options, CPU affinity.
+//! Thin syscall wrappers: sockets, socket options, CPU affinity; and CRC32C with the CPU's
+//! instruction (`crc.rs`), the other place the crate needs `unsafe` for speed.
 //!
 //! Owns nothing but file descriptors handed to it. Each function makes one or two syscalls and
 //! returns an `io::Result`; no policy lives here. Must never depend on any other module of the
@@ -14,4 +15,5 @@ macro_rules! syscall {
 }
 
 pub(crate) mod affinity;
+pub(crate) mod crc;
 pub(crate) mod socket;
