@@ -78,7 +78,7 @@ mod sync;
 mod sys;
 
 pub use crate::api::{Engine, EngineBuilder};
-pub use crate::config::{Config, PeerConfig, SyncPolicy};
+pub use crate::config::{CompressionConfig, Config, PeerConfig, SyncPolicy};
 pub use crate::error::Error;
 pub use crate::metrics::{PeerStats, Stats};
 pub use crate::net::backoff::Backoff;

@@ -53,6 +53,12 @@ enum Spec {
     Lost(u64),
     /// The first sequence number and the encoded entries.
     MsgBatch(u64, Vec<u8>),
+    MsgLz4 {
+        seq: u64,
+        raw_len: u32,
+        block: Vec<u8>,
+        checksum: Option<u32>,
+    },
 }
 
 impl Spec {
@@ -86,6 +92,17 @@ impl Spec {
             Frame::MsgBatch { seq_first, entries } => {
                 Spec::MsgBatch(seq_first.0, entries.as_bytes().to_vec())
             }
+            Frame::MsgLz4 {
+                seq,
+                raw_len,
+                block,
+                checksum,
+            } => Spec::MsgLz4 {
+                seq: seq.0,
+                raw_len,
+                block: block.to_vec(),
+                checksum,
+            },
         }
     }
 
@@ -134,6 +151,17 @@ impl Spec {
             Spec::MsgBatch(seq_first, entries) => Frame::MsgBatch {
                 seq_first: Seq(*seq_first),
                 entries: BatchEntries::parse(entries).expect("generated entries are valid"),
+            },
+            Spec::MsgLz4 {
+                seq,
+                raw_len,
+                block,
+                checksum,
+            } => Frame::MsgLz4 {
+                seq: Seq(*seq),
+                raw_len: *raw_len,
+                block,
+                checksum: *checksum,
             },
         }
     }
@@ -503,6 +531,8 @@ fn config(epoch: Instant) -> Arc<ConnectionConfig> {
         node_id: "acceptor".into(),
         body_len_max: BODY_LEN_MAX_DEFAULT,
         batch: true,
+        crc: true,
+        lz4_min_size: Some(256),
         handshake_timeout: Duration::from_secs(5),
         heartbeat: HeartbeatConfig::default(),
         ack: AckPolicy::default(),

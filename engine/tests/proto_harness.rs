@@ -119,19 +119,27 @@ impl World {
             timeout: Duration::from_secs(10),
         };
         let session = |index: u128| SessionId(Uuid::from_u128(((seed as u128) << 8) | index));
+        // Each side offers checksums and compression or not, so some runs negotiate them in one
+        // direction only, and frames encoded before a HELLO are re-encoded after it.
+        let crc = [rng.chance(500), rng.chance(500)];
+        let lz4 = [0, 1].map(|_| rng.chance(500).then(|| rng.range(0, 1500) as usize));
         let node = |index: usize| {
             let config = Arc::new(ConnectionConfig {
                 node_id: NAMES[index].into(),
                 body_len_max: BODY_LEN_MAX_DEFAULT,
                 batch: true,
+                crc: crc[index],
+                lz4_min_size: lz4[index],
                 handshake_timeout: Duration::from_secs(5),
                 heartbeat,
                 ack,
                 epoch: t0,
             });
+            let mut sessions = Sessions::new(session(index as u128 + 1));
+            sessions.tx.set_encoding(config.encoding());
             Node {
                 config,
-                sessions: Sessions::new(session(index as u128 + 1)),
+                sessions,
                 log: Log {
                     seed,
                     index,

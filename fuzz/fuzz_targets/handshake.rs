@@ -86,6 +86,8 @@ fn drive(hello: &HelloInfo, rest: &[u8], selector: u8, t0: Instant) {
         node_id: "fuzz".into(),
         body_len_max: BODY_LEN_MAX_DEFAULT,
         batch: true,
+        crc: true,
+        lz4_min_size: Some(256),
         handshake_timeout: HANDSHAKE_TIMEOUT,
         heartbeat: HeartbeatConfig::default(),
         ack: AckPolicy::default(),

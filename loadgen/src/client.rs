@@ -36,13 +36,13 @@ pub struct Target {
     pub batch_frames: bool,
     /// TLS on every connection of the run.
     pub tls: Option<Arc<Tls>>,
-    /// The security mode of every engine of the run (default: inferred).
-    pub security_mode: Option<ringwire::SecurityMode>,
+    /// The security mode, checksums and compression of every engine of the run.
+    pub wire: crate::tls::Wire,
 }
 
 /// The TLS settings and security mode of the run's engine `node_id`.
 pub fn security_for(target: &Target, node_id: &str) -> Result<Security, String> {
-    Security::new(target.tls.as_deref(), target.security_mode, node_id)
+    Security::new(target.tls.as_deref(), target.wire, node_id)
 }
 
 /// Runs the workload and returns its report.

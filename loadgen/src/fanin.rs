@@ -172,6 +172,8 @@ impl Driver {
                 node_id: format!("{ECHO_PREFIX}fanin-{}-{i}", std::process::id()).into(),
                 body_len_max: BODY_LEN_MAX,
                 batch: true,
+                crc: false,
+                lz4_min_size: None,
                 handshake_timeout: CONNECT_TIMEOUT,
                 heartbeat: HeartbeatConfig::default(),
                 ack: AckPolicy::default(),

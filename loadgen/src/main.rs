@@ -280,7 +280,7 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
         outbox: outbox.clone(),
         batch_frames: !args.no_batch_frames,
         tls: tls.map(Arc::new),
-        security_mode: args.tls_files.security,
+        wire: args.tls_files.wire(),
     };
     let result = client::run(&w, &target, args.publisher);
     if let Some((dir, _)) = &outbox {
@@ -315,7 +315,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     // only `sigwait` below sees SIGINT and SIGTERM.
     let signals = block_signals();
     let sink = Arc::new(Sink::default());
-    let security = Security::new(args.tls.tls().as_ref(), args.tls.security, &args.node_id)
+    let security = Security::new(args.tls.tls().as_ref(), args.tls.wire(), &args.node_id)
         .map_err(Failure::Run)?;
     let options = NodeOptions {
         node_id: args.node_id.clone(),
@@ -422,7 +422,7 @@ fn send(args: &SendArgs) -> Result<(), Failure> {
         sync,
         wait_for_space: args.wait_for_space,
         timeout,
-        security: Security::new(args.tls.tls().as_ref(), args.tls.security, &args.node_id)
+        security: Security::new(args.tls.tls().as_ref(), args.tls.wire(), &args.node_id)
             .map_err(Failure::Run)?,
     };
     let summary = durable::send(&options).map_err(Failure::Run)?;

@@ -34,40 +34,72 @@ pub struct TlsArgs {
     /// infers, strict with TLS files, development without.
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub security: Option<SecurityMode>,
+    /// End-to-end CRC32C of every payload: `on` or `off` (default: the engine's, on without
+    /// TLS and off with it).
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub crc: Option<bool>,
+    /// Offer LZ4 and compress payloads of at least 256 bytes for peers that offer it too.
+    #[arg(long)]
+    pub lz4: bool,
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{text:?}: expected on or off")),
+    }
+}
+
+/// The wire settings beside TLS: security mode, checksums, compression.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wire {
+    pub mode: Option<SecurityMode>,
+    pub crc: Option<bool>,
+    pub lz4: bool,
 }
 
 fn parse_mode(text: &str) -> Result<SecurityMode, String> {
     text.parse()
 }
 
-/// An engine's TLS settings and security mode.
+/// An engine's TLS settings, security mode, checksums and compression.
 #[derive(Debug, Clone, Default)]
 pub struct Security {
     pub tls: Option<TlsConfig>,
-    pub mode: Option<SecurityMode>,
+    pub wire: Wire,
 }
 
 impl Security {
-    /// The settings for `node_id` from the run's TLS (if any) in `mode` (if set): permissive
-    /// mode does not ask dialers for a certificate.
-    pub fn new(
-        tls: Option<&Tls>,
-        mode: Option<SecurityMode>,
-        node_id: &str,
-    ) -> Result<Security, String> {
+    /// The settings for `node_id` from the run's TLS (if any) and `wire`: permissive mode does
+    /// not ask dialers for a certificate.
+    pub fn new(tls: Option<&Tls>, wire: Wire, node_id: &str) -> Result<Security, String> {
         let mut tls = tls.map(|tls| tls.config_for(node_id)).transpose()?;
-        if mode == Some(SecurityMode::Permissive)
+        if wire.mode == Some(SecurityMode::Permissive)
             && let Some(tls) = &mut tls
         {
             tls.require_client_auth = false;
         }
-        Ok(Security { tls, mode })
+        Ok(Security { tls, wire })
     }
 
     /// Puts the settings into an engine's configuration.
     pub fn apply(self, config: &mut Config) {
         config.tls = self.tls;
-        config.security_mode = self.mode;
+        config.security_mode = self.wire.mode;
+        config.crc = self.wire.crc;
+        config.compression.enabled = self.wire.lz4;
+    }
+}
+
+impl TlsArgs {
+    /// The wire settings the flags ask for.
+    pub fn wire(&self) -> Wire {
+        Wire {
+            mode: self.security,
+            crc: self.crc,
+            lz4: self.lz4,
+        }
     }
 }
 

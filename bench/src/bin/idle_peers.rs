@@ -56,6 +56,8 @@ fn main() -> std::io::Result<()> {
             node_id: format!("idle-{}-{i}", cli.tag).into(),
             body_len_max: 1 << 20,
             batch: true,
+            crc: false,
+            lz4_min_size: None,
             handshake_timeout: Duration::from_secs(30),
             heartbeat: HeartbeatConfig::default(),
             ack: AckPolicy::default(),

@@ -97,10 +97,41 @@ pub struct Config {
     /// TLS 1.3 on every connection, accepted and dialed (default `None`: plaintext). A node
     /// with TLS refuses plaintext dialers and dials only over TLS. See docs/security.md.
     pub tls: Option<TlsConfig>,
+    /// End-to-end CRC32C of every payload, offered in HELLO and used with peers that offer it
+    /// too (default `None`: on without TLS, off with it, whose AEAD already authenticates every
+    /// byte). A payload that arrives corrupted closes the connection before it is delivered,
+    /// and the replay delivers it intact. See docs/protocol.md, "CRC".
+    pub crc: Option<bool>,
+    /// LZ4 compression of large payloads, offered in HELLO and used with peers that offer it
+    /// too (default: off).
+    pub compression: CompressionConfig,
     /// What the node accepts and dials (default `None`: [`SecurityMode::inferred`] from
     /// [`Config::tls`]). Set it to have [`Config::validate_security`] hold the configuration
     /// to a mode: `Strict` refuses to start without mutual TLS, say.
     pub security_mode: Option<SecurityMode>,
+}
+
+/// LZ4 compression of payloads (seed 002's `[compression]`; docs/protocol.md, "LZ4").
+///
+/// Off by default, unlike the seed: on loopback and fast networks compressing costs more CPU
+/// than the bytes it saves (docs/benchmarks.md). Turn it on for slow or metered links and
+/// compressible payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressionConfig {
+    /// Whether to offer LZ4 and compress for peers that offer it too (default `false`).
+    pub enabled: bool,
+    /// Payloads shorter than this are sent as they are (default 256 bytes). A payload whose
+    /// block would not be shorter is sent as it is too.
+    pub min_size: usize,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> CompressionConfig {
+        CompressionConfig {
+            enabled: false,
+            min_size: 256,
+        }
+    }
 }
 
 /// When outbox records are written to disk, and what `publish_confirmed` then promises.
@@ -154,12 +185,19 @@ impl Config {
             session_buffer_window: Duration::from_secs(300),
             tls: None,
             security_mode: None,
+            crc: None,
+            compression: CompressionConfig::default(),
         }
     }
 
     /// The largest payload `publish` accepts.
     pub fn payload_len_max(&self) -> usize {
         self.body_len_max as usize - MSG_PREFIX_LEN
+    }
+
+    /// Whether the node offers end-to-end CRC32C: [`Config::crc`], or on without TLS.
+    pub fn crc_enabled(&self) -> bool {
+        self.crc.unwrap_or(self.tls.is_none())
     }
 
     /// The security mode the node runs in: the one set, or the one inferred from the TLS

@@ -13,10 +13,12 @@ use bytes::Bytes;
 
 use crate::proto::ack::{AckPolicy, AckState};
 use crate::proto::error::{GoAwayReason, ProtocolError};
-use crate::proto::frame::{self, CAP_BATCH, Decoder, Frame, Hello, Seq, SessionId};
+use crate::proto::frame::{
+    self, CAP_BATCH, CAP_CRC, CAP_LZ4, Decoder, FLAG_CRC, FLAG_LZ4, Frame, Hello, Seq, SessionId,
+};
 use crate::proto::handshake::HelloInfo;
 use crate::proto::heartbeat::{Heartbeat, HeartbeatConfig};
-use crate::proto::session::{Acked, Delivery, Sessions};
+use crate::proto::session::{Acked, Delivery, Encoding, Sessions};
 
 /// Settings shared by every connection of a node.
 #[derive(Debug, Clone)]
@@ -28,12 +30,56 @@ pub struct ConnectionConfig {
     /// Whether this node offers MSG_BATCH ([`CAP_BATCH`] in its HELLO): it then accepts
     /// batches, and sends them to a peer that offers them too.
     pub batch: bool,
+    /// Whether this node offers end-to-end CRC32C ([`CAP_CRC`]): it then accepts checksummed
+    /// frames (and verifies them), and checksums what it sends to a peer that offers it too.
+    pub crc: bool,
+    /// Whether this node offers LZ4 ([`CAP_LZ4`]), and the smallest payload it compresses for
+    /// a peer that offers it too.
+    pub lz4_min_size: Option<usize>,
     /// How long a connection may take to exchange HELLOs.
     pub handshake_timeout: Duration,
     pub heartbeat: HeartbeatConfig,
     pub ack: AckPolicy,
     /// Anchor for PING timestamps.
     pub epoch: Instant,
+}
+
+impl ConnectionConfig {
+    /// The encoding this node would use with a peer that offers everything it does: what a
+    /// new session encodes with until a HELLO says otherwise.
+    pub fn encoding(&self) -> Encoding {
+        Encoding {
+            crc: self.crc,
+            lz4_min_size: self.lz4_min_size,
+        }
+    }
+
+    /// The capability bits of this node's HELLO.
+    fn caps(&self) -> u32 {
+        let mut caps = 0;
+        if self.batch {
+            caps |= CAP_BATCH;
+        }
+        if self.crc {
+            caps |= CAP_CRC;
+        }
+        if self.lz4_min_size.is_some() {
+            caps |= CAP_LZ4;
+        }
+        caps
+    }
+
+    /// The optional flags this node accepts on received frames: those it offered.
+    fn flags_allowed(&self) -> u8 {
+        let mut flags = 0;
+        if self.crc {
+            flags |= FLAG_CRC;
+        }
+        if self.lz4_min_size.is_some() {
+            flags |= FLAG_LZ4;
+        }
+        flags
+    }
 }
 
 /// Which side opened the TCP connection.
@@ -108,6 +154,43 @@ struct Established {
     heartbeat: Heartbeat,
     /// Messages the receiver's state lost before this connection (see `RxSession::resume`).
     lost_on_resume: u64,
+    /// Where LZ4 blocks are decompressed.
+    scratch: Vec<u8>,
+}
+
+/// A decompression buffer larger than this is given back after use.
+const SCRATCH_KEEP_MAX: usize = 1 << 20;
+
+/// Decompresses message `seq`'s block into `scratch`: `raw_len` bytes, at most `len_max`
+/// (checked before anything is allocated), matching `checksum` if there is one.
+fn decompress<'s>(
+    scratch: &'s mut Vec<u8>,
+    seq: Seq,
+    raw_len: u32,
+    block: &[u8],
+    checksum: Option<u32>,
+    len_max: usize,
+) -> Result<&'s [u8], ProtocolError> {
+    let refused = |what| ProtocolError::Compression { seq: seq.0, what };
+    let raw_len = raw_len as usize;
+    if raw_len > len_max {
+        return Err(refused(
+            "it would decompress to more than this node accepts",
+        ));
+    }
+    scratch.clear();
+    scratch.resize(raw_len, 0);
+    match lz4_flex::block::decompress_into(block, scratch) {
+        Ok(len) if len == raw_len => {}
+        Ok(_) => return Err(refused("it decompresses to another length than announced")),
+        Err(_) => return Err(refused("the block is malformed")),
+    }
+    if let Some(checksum) = checksum
+        && frame::crc32c(scratch) != checksum
+    {
+        return Err(ProtocolError::ChecksumMismatch { seq: seq.0 });
+    }
+    Ok(scratch)
 }
 
 impl Connection {
@@ -129,7 +212,7 @@ impl Connection {
         };
         core.queue_hello(sessions);
         Connection {
-            decoder: Decoder::new(core.config.body_len_max),
+            decoder: core.decoder(),
             core,
         }
     }
@@ -160,7 +243,7 @@ impl Connection {
         core.establish(hello, sessions, now, events)?;
         core.queue_hello(sessions);
         Ok(Connection {
-            decoder: Decoder::new(core.config.body_len_max),
+            decoder: core.decoder(),
             core,
         })
     }
@@ -354,6 +437,12 @@ impl Connection {
 }
 
 impl Core {
+    fn decoder(&self) -> Decoder {
+        let mut decoder = Decoder::new(self.config.body_len_max);
+        decoder.set_flags_allowed(self.config.flags_allowed());
+        decoder
+    }
+
     fn handle_frame(
         &mut self,
         frame: Frame<'_>,
@@ -391,6 +480,33 @@ impl Core {
                 Frame::Msg { seq, payload } => {
                     if sessions.rx.handle_msg(seq)? == Delivery::Deliver {
                         events.on_message(sessions.rx.id(), seq, payload);
+                    }
+                    e.ack.handle_received(now, 1);
+                    Ok(())
+                }
+                Frame::MsgLz4 {
+                    seq,
+                    raw_len,
+                    block,
+                    checksum,
+                } => {
+                    // Checked and decompressed before the watermark moves, so that a refused
+                    // block leaves the message to the replay; a replayed one is not even read.
+                    if seq > sessions.rx.seq_delivered() {
+                        let payload = decompress(
+                            &mut e.scratch,
+                            seq,
+                            raw_len,
+                            block,
+                            checksum,
+                            self.config.body_len_max as usize - frame::MSG_PREFIX_LEN,
+                        )?;
+                        if sessions.rx.handle_msg(seq)? == Delivery::Deliver {
+                            events.on_message(sessions.rx.id(), seq, payload);
+                        }
+                        if e.scratch.capacity() > SCRATCH_KEEP_MAX {
+                            e.scratch = Vec::new();
+                        }
                     }
                     e.ack.handle_received(now, 1);
                     Ok(())
@@ -486,6 +602,11 @@ impl Core {
                 && hello.caps & CAP_BATCH != 0
                 && hello.body_len_max as usize >= frame::BATCH_BODY_MAX,
         );
+        let ours = self.config.encoding();
+        sessions.tx.set_encoding(Encoding {
+            crc: ours.crc && hello.caps & CAP_CRC != 0,
+            lz4_min_size: ours.lz4_min_size.filter(|_| hello.caps & CAP_LZ4 != 0),
+        });
         // Nothing larger than the peer accepts goes out: such messages become LOST.
         sessions.tx.set_peer_body_len_max(hello.body_len_max);
         let acked = sessions.tx.resume(hello.rx_session, hello.rx_delivered)?;
@@ -497,13 +618,14 @@ impl Core {
             ack: AckState::new(self.config.ack),
             heartbeat: Heartbeat::new(self.config.heartbeat, self.config.epoch, now),
             lost_on_resume,
+            scratch: Vec::new(),
         });
         Ok(())
     }
 
     fn queue_hello(&mut self, sessions: &Sessions) {
         Frame::Hello(Hello {
-            caps: if self.config.batch { CAP_BATCH } else { 0 },
+            caps: self.config.caps(),
             body_len_max: self.config.body_len_max,
             tx_session: sessions.tx.id(),
             tx_seq_first: sessions.tx.seq_first(),
@@ -562,6 +684,8 @@ mod tests {
             node_id: node.into(),
             body_len_max: BODY_LEN_MAX_DEFAULT,
             batch,
+            crc: false,
+            lz4_min_size: None,
             handshake_timeout: Duration::from_secs(5),
             heartbeat: HeartbeatConfig::default(),
             ack: AckPolicy::default(),
@@ -767,5 +891,54 @@ mod tests {
             stalled.handle_timeout(t0 + Duration::from_secs(5)),
             Err(ProtocolError::HandshakeTimeout)
         );
+    }
+
+    #[test]
+    fn lz4_blocks_are_bounded_before_allocation_and_checked() {
+        let text: Vec<u8> = b"compressible compressible compressible "
+            .iter()
+            .copied()
+            .cycle()
+            .take(4000)
+            .collect();
+        let block = lz4_flex::block::compress(&text);
+        let crc = frame::crc32c(&text);
+        let sum = Some(crc);
+        let mut scratch = Vec::new();
+        let seq = Seq(3);
+        let ok = decompress(&mut scratch, seq, 4000, &block, sum, 1 << 20).unwrap();
+        assert_eq!(ok, &text[..]);
+        // A bomb: a small block announcing more than the receiver accepts is refused before
+        // any buffer grows.
+        let mut scratch = Vec::new();
+        let err = decompress(&mut scratch, seq, u32::MAX, &block, None, 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Compression { seq: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(scratch.capacity(), 0);
+        // A real one: 1 MiB of zeros in a tiny block, against a 64 KiB limit.
+        let zeros = lz4_flex::block::compress(&vec![0u8; 1 << 20]);
+        assert!(zeros.len() < 8 << 10);
+        let err = decompress(&mut scratch, seq, 1 << 20, &zeros, None, 64 << 10).unwrap_err();
+        assert!(matches!(err, ProtocolError::Compression { .. }), "{err}");
+        assert_eq!(scratch.capacity(), 0);
+        // Truncated, garbage, or announcing another length.
+        for cut in [1, block.len() / 2, block.len() - 1] {
+            let err = decompress(&mut scratch, seq, 4000, &block[..cut], None, 1 << 20);
+            assert!(
+                matches!(err, Err(ProtocolError::Compression { .. })),
+                "cut {cut}"
+            );
+        }
+        let err = decompress(&mut scratch, seq, 4000, &[0xff; 64], None, 1 << 20);
+        assert!(matches!(err, Err(ProtocolError::Compression { .. })));
+        let err = decompress(&mut scratch, seq, 3999, &block, None, 1 << 20);
+        assert!(matches!(err, Err(ProtocolError::Compression { .. })));
+        let err = decompress(&mut scratch, seq, 4001, &block, None, 1 << 20);
+        assert!(matches!(err, Err(ProtocolError::Compression { .. })));
+        // Decompressed fine, but not what was checksummed.
+        let err = decompress(&mut scratch, seq, 4000, &block, Some(crc ^ 1), 1 << 20);
+        assert_eq!(err, Err(ProtocolError::ChecksumMismatch { seq: 3 }));
     }
 }

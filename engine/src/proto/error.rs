@@ -42,6 +42,12 @@ pub enum ProtocolError {
     AckBeyondSent { acked: u64, sent: u64 },
     /// The stream ended in the middle of a frame.
     TruncatedFrame,
+    /// Message `seq`'s payload does not match its CRC32C: corrupted between the sender's memory
+    /// and here. Nothing of it was delivered; the replay on the next connection sends it again.
+    ChecksumMismatch { seq: u64 },
+    /// Message `seq`'s LZ4 block is malformed, or decompresses to more than the receiver
+    /// accepts or to another length than announced (seed 002's `Compression` error).
+    Compression { seq: u64, what: &'static str },
 }
 
 impl ProtocolError {
@@ -58,6 +64,8 @@ impl ProtocolError {
             Self::WrongPeer => GoAwayReason::WrongPeer,
             Self::HandshakeTimeout => GoAwayReason::HandshakeTimeout,
             Self::IdleTimeout => GoAwayReason::IdleTimeout,
+            Self::ChecksumMismatch { .. } => GoAwayReason::ChecksumMismatch,
+            Self::Compression { .. } => GoAwayReason::Compression,
             Self::SequenceGap { .. } | Self::AckBeyondSent { .. } => GoAwayReason::SequenceError,
         }
     }
@@ -99,6 +107,12 @@ impl fmt::Display for ProtocolError {
                 write!(f, "ack of {acked} beyond the last sent sequence {sent}")
             }
             Self::TruncatedFrame => f.write_str("stream ended inside a frame"),
+            Self::ChecksumMismatch { seq } => {
+                write!(f, "message {seq} does not match its CRC32C")
+            }
+            Self::Compression { seq, what } => {
+                write!(f, "message {seq}: LZ4 block refused: {what}")
+            }
         }
     }
 }
@@ -135,6 +149,10 @@ pub enum GoAwayReason {
     /// The sender accepts only TLS, and this side spoke plaintext: sent in plaintext, before
     /// closing, so that a plaintext dialer can tell why.
     TlsRequired,
+    /// A payload did not match its CRC32C ([`ProtocolError::ChecksumMismatch`]).
+    ChecksumMismatch,
+    /// An LZ4 block was refused ([`ProtocolError::Compression`]).
+    Compression,
     /// A code this build does not know.
     Other(u16),
 }
@@ -159,6 +177,8 @@ impl GoAwayReason {
             Self::Overloaded => 13,
             Self::Unauthenticated => 14,
             Self::TlsRequired => 15,
+            Self::ChecksumMismatch => 16,
+            Self::Compression => 17,
             Self::Other(code) => code,
         }
     }
@@ -182,6 +202,8 @@ impl GoAwayReason {
             13 => Self::Overloaded,
             14 => Self::Unauthenticated,
             15 => Self::TlsRequired,
+            16 => Self::ChecksumMismatch,
+            17 => Self::Compression,
             other => Self::Other(other),
         }
     }

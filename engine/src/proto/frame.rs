@@ -24,10 +24,16 @@ use crate::proto::error::{GoAwayReason, ProtocolError};
 pub const HEADER_LEN: usize = 8;
 /// Default maximum body length (16 MiB), negotiated down to the smaller of both sides.
 pub const BODY_LEN_MAX_DEFAULT: u32 = 16 << 20;
-/// Flag bit 0: the body is LZ4-compressed (not negotiated by this version).
+/// Flag bit 0, on MSG only: the payload is an LZ4 block, after its decompressed length
+/// (negotiated with [`CAP_LZ4`]; docs/protocol.md, "LZ4").
 pub const FLAG_LZ4: u8 = 0b01;
-/// Flag bit 1: the body ends with a CRC32C of the payload (not negotiated by this version).
+/// Flag bit 1, on MSG and MSG_BATCH: each payload is preceded by its CRC32C (negotiated with
+/// [`CAP_CRC`]; docs/protocol.md, "CRC").
 pub const FLAG_CRC: u8 = 0b10;
+/// Length of a payload's checksum.
+pub const CHECKSUM_LEN: usize = 4;
+/// Length of a compressed MSG's decompressed-length field.
+pub const LZ4_PREFIX_LEN: usize = 4;
 /// The first four bytes of every HELLO body.
 pub const MAGIC: [u8; 4] = *b"RWIR";
 /// The protocol version this build speaks.
@@ -36,6 +42,10 @@ pub const VERSION: u16 = 1;
 pub const MSG_PREFIX_LEN: usize = 8;
 /// HELLO capability bit 0: the sender accepts MSG_BATCH frames (docs/protocol.md, "MSG_BATCH").
 pub const CAP_BATCH: u32 = 0b1;
+/// HELLO capability bit 1: the sender accepts [`FLAG_CRC`] frames.
+pub const CAP_CRC: u32 = 0b10;
+/// HELLO capability bit 2: the sender accepts [`FLAG_LZ4`] frames.
+pub const CAP_LZ4: u32 = 0b100;
 /// Length of a MSG_BATCH body before its first entry (the first sequence number).
 pub const BATCH_PREFIX_LEN: usize = 8;
 /// Length of a MSG_BATCH entry before its payload (the payload's length).
@@ -252,10 +262,20 @@ pub enum Frame<'a> {
     Pong {
         timestamp: u64,
     },
-    /// One message of the sender's outbound session.
+    /// One message of the sender's outbound session. With [`FLAG_CRC`], its checksum was
+    /// verified by [`Frame::parse`].
     Msg {
         seq: Seq,
         payload: &'a [u8],
+    },
+    /// One message whose payload is an LZ4 block ([`FLAG_LZ4`]): `raw_len` bytes once
+    /// decompressed, which the receiver checks against its limit before it allocates, and
+    /// whose CRC32C is `checksum` (with [`FLAG_CRC`]), checked after decompression.
+    MsgLz4 {
+        seq: Seq,
+        raw_len: u32,
+        block: &'a [u8],
+        checksum: Option<u32>,
     },
     /// Everything up to and including `seq` of the receiver's outbound session was processed.
     Ack {
@@ -282,25 +302,83 @@ pub enum Frame<'a> {
     },
 }
 
-/// The entries of a MSG_BATCH body, validated: at least one, each a `u32` length and that many
-/// payload bytes, filling the body exactly.
+/// The entries of a MSG_BATCH body, validated: at least one, each a `u32` length, the
+/// payload's CRC32C if the batch is `checksummed`, and that many payload bytes, filling the
+/// body exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchEntries<'a> {
     bytes: &'a [u8],
     count: u64,
+    checksummed: bool,
+}
+
+/// Why a MSG_BATCH body was refused by [`BatchEntries::parse_checked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchError {
+    /// The entries do not fill the body exactly, or there are none.
+    Malformed,
+    /// Entry `index` (0 for the first) does not match its checksum.
+    Checksum { index: u64 },
 }
 
 impl<'a> BatchEntries<'a> {
-    /// Validates `bytes` as a sequence of entries; `None` if they do not fill it exactly or if
-    /// there are none.
+    /// Validates `bytes` as a sequence of entries without checksums; `None` if they do not fill
+    /// it exactly or if there are none.
     pub fn parse(bytes: &'a [u8]) -> Option<BatchEntries<'a>> {
+        Self::parse_checked(bytes, false).ok()
+    }
+
+    /// Validates `bytes` as a sequence of entries, each with its checksum if `checksummed`,
+    /// and verifies every checksum.
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError`]: the layout is wrong, or a payload does not match its checksum.
+    pub fn parse_checked(
+        bytes: &'a [u8],
+        checksummed: bool,
+    ) -> Result<BatchEntries<'a>, BatchError> {
         let mut rest = bytes;
         let mut count = 0;
         while !rest.is_empty() {
-            (_, rest) = split_entry(rest)?;
+            let (payload, checksum, tail) =
+                split_entry(rest, checksummed).ok_or(BatchError::Malformed)?;
+            if let Some(checksum) = checksum
+                && crc32c(payload) != checksum
+            {
+                return Err(BatchError::Checksum { index: count });
+            }
+            rest = tail;
             count += 1;
         }
-        (count > 0).then_some(BatchEntries { bytes, count })
+        if count == 0 {
+            return Err(BatchError::Malformed);
+        }
+        Ok(BatchEntries {
+            bytes,
+            count,
+            checksummed,
+        })
+    }
+
+    /// Entries this node encoded: trusted, not verified.
+    fn parse_trusted(bytes: &'a [u8], checksummed: bool) -> BatchEntries<'a> {
+        let mut rest = bytes;
+        let mut count = 0;
+        while !rest.is_empty() {
+            (_, _, rest) = split_entry(rest, checksummed).expect("a batch this node encoded");
+            count += 1;
+        }
+        BatchEntries {
+            bytes,
+            count,
+            checksummed,
+        }
+    }
+
+    /// Whether each entry carries its payload's checksum.
+    pub fn is_checksummed(&self) -> bool {
+        self.checksummed
     }
 
     /// The encoded entries, as they follow the first sequence number in the body.
@@ -316,20 +394,36 @@ impl<'a> BatchEntries<'a> {
     /// The payloads, in order.
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
         let mut rest = self.bytes;
+        let checksummed = self.checksummed;
         std::iter::from_fn(move || {
-            let (payload, tail) = split_entry(rest)?;
+            let (payload, _, tail) = split_entry(rest, checksummed)?;
             rest = tail;
             Some(payload)
         })
     }
 }
 
-/// The payload of the entry `bytes` starts with, and what follows it; `None` if `bytes` is
-/// empty or the entry runs past its end.
-fn split_entry(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (len, tail) = bytes.split_first_chunk::<BATCH_ENTRY_PREFIX_LEN>()?;
+/// The payload of the entry `bytes` starts with, its checksum if the entries are
+/// `checksummed`, and what follows it; `None` if `bytes` is empty or the entry runs past its
+/// end.
+fn split_entry(bytes: &[u8], checksummed: bool) -> Option<(&[u8], Option<u32>, &[u8])> {
+    let (len, mut tail) = bytes.split_first_chunk::<BATCH_ENTRY_PREFIX_LEN>()?;
     let len = u32::from_le_bytes(*len) as usize;
-    (len <= tail.len()).then(|| tail.split_at(len))
+    let mut checksum = None;
+    if checksummed {
+        let (sum, rest) = tail.split_first_chunk::<CHECKSUM_LEN>()?;
+        checksum = Some(u32::from_le_bytes(*sum));
+        tail = rest;
+    }
+    (len <= tail.len()).then(|| {
+        let (payload, rest) = tail.split_at(len);
+        (payload, checksum, rest)
+    })
+}
+
+/// The CRC32C of a payload, as [`FLAG_CRC`] frames carry it.
+pub fn crc32c(payload: &[u8]) -> u32 {
+    crate::sys::crc::checksum_seeded(0, payload)
 }
 
 impl<'a> Frame<'a> {
@@ -344,6 +438,14 @@ impl<'a> Frame<'a> {
         debug_assert_eq!(body.len(), header.body_len as usize);
         let kind = header.kind;
         let malformed = |what| ProtocolError::Malformed { kind, what };
+        let flags_allowed = match kind {
+            Kind::Msg => FLAG_LZ4 | FLAG_CRC,
+            Kind::MsgBatch => FLAG_CRC,
+            _ => 0,
+        };
+        if header.flags & !flags_allowed != 0 {
+            return Err(malformed("a flag this kind does not take"));
+        }
         match kind {
             Kind::Hello => parse_hello(body).map(Frame::Hello),
             Kind::Auth => {
@@ -368,10 +470,32 @@ impl<'a> Frame<'a> {
                 if seq == Seq::ZERO {
                     return Err(malformed("sequence number 0"));
                 }
-                Ok(Frame::Msg {
-                    seq,
-                    payload: &body[MSG_PREFIX_LEN..],
-                })
+                let mut rest = &body[MSG_PREFIX_LEN..];
+                let mut checksum = None;
+                if header.flags & FLAG_CRC != 0 {
+                    let (sum, tail) = rest
+                        .split_first_chunk::<CHECKSUM_LEN>()
+                        .ok_or(malformed("shorter than its checksum"))?;
+                    checksum = Some(u32::from_le_bytes(*sum));
+                    rest = tail;
+                }
+                if header.flags & FLAG_LZ4 != 0 {
+                    let (raw_len, block) = rest
+                        .split_first_chunk::<LZ4_PREFIX_LEN>()
+                        .ok_or(malformed("shorter than its decompressed length"))?;
+                    return Ok(Frame::MsgLz4 {
+                        seq,
+                        raw_len: u32::from_le_bytes(*raw_len),
+                        block,
+                        checksum,
+                    });
+                }
+                if let Some(checksum) = checksum
+                    && crc32c(rest) != checksum
+                {
+                    return Err(ProtocolError::ChecksumMismatch { seq: seq.0 });
+                }
+                Ok(Frame::Msg { seq, payload: rest })
             }
             Kind::Ack => {
                 let seq = u64_exact(body).ok_or(malformed("body is not 8 bytes"))?;
@@ -414,8 +538,19 @@ impl<'a> Frame<'a> {
                 if seq_first == 0 {
                     return Err(malformed("sequence number 0"));
                 }
-                let entries = BatchEntries::parse(&body[BATCH_PREFIX_LEN..])
-                    .ok_or(malformed("entries do not fill the body"))?;
+                let checksummed = header.flags & FLAG_CRC != 0;
+                let entries =
+                    match BatchEntries::parse_checked(&body[BATCH_PREFIX_LEN..], checksummed) {
+                        Ok(entries) => entries,
+                        Err(BatchError::Malformed) => {
+                            return Err(malformed("entries do not fill the body"));
+                        }
+                        Err(BatchError::Checksum { index }) => {
+                            return Err(ProtocolError::ChecksumMismatch {
+                                seq: seq_first.saturating_add(index),
+                            });
+                        }
+                    };
                 if seq_first.checked_add(entries.count - 1).is_none() {
                     return Err(malformed("sequence numbers overflow"));
                 }
@@ -434,7 +569,7 @@ impl<'a> Frame<'a> {
             Frame::Auth { .. } => Kind::Auth,
             Frame::Ping { .. } => Kind::Ping,
             Frame::Pong { .. } => Kind::Pong,
-            Frame::Msg { .. } => Kind::Msg,
+            Frame::Msg { .. } | Frame::MsgLz4 { .. } => Kind::Msg,
             Frame::Ack { .. } => Kind::Ack,
             Frame::GoAway { .. } => Kind::GoAway,
             Frame::Close => Kind::Close,
@@ -459,6 +594,26 @@ impl<'a> Frame<'a> {
             Frame::Ping { timestamp } => encode_u64(Kind::Ping, timestamp, out),
             Frame::Pong { timestamp } => encode_u64(Kind::Pong, timestamp, out),
             Frame::Msg { seq, payload } => encode_msg(seq, payload, out),
+            Frame::MsgLz4 {
+                seq,
+                raw_len,
+                block,
+                checksum,
+            } => {
+                let sum_len = if checksum.is_some() { CHECKSUM_LEN } else { 0 };
+                let mut head = header(
+                    Kind::Msg,
+                    MSG_PREFIX_LEN + sum_len + LZ4_PREFIX_LEN + block.len(),
+                );
+                head.flags = FLAG_LZ4 | if checksum.is_some() { FLAG_CRC } else { 0 };
+                head.encode(out);
+                out.extend_from_slice(&seq.0.to_le_bytes());
+                if let Some(checksum) = checksum {
+                    out.extend_from_slice(&checksum.to_le_bytes());
+                }
+                out.extend_from_slice(&raw_len.to_le_bytes());
+                out.extend_from_slice(block);
+            }
             Frame::Ack { seq } => encode_u64(Kind::Ack, seq.0, out),
             Frame::GoAway {
                 reason,
@@ -474,7 +629,11 @@ impl<'a> Frame<'a> {
             Frame::Close => header(Kind::Close, 0).encode(out),
             Frame::Lost { seq } => encode_u64(Kind::Lost, seq.0, out),
             Frame::MsgBatch { seq_first, entries } => {
-                header(Kind::MsgBatch, BATCH_PREFIX_LEN + entries.bytes.len()).encode(out);
+                let mut head = header(Kind::MsgBatch, BATCH_PREFIX_LEN + entries.bytes.len());
+                if entries.checksummed {
+                    head.flags = FLAG_CRC;
+                }
+                head.encode(out);
                 out.extend_from_slice(&seq_first.0.to_le_bytes());
                 out.extend_from_slice(entries.bytes);
             }
@@ -565,9 +724,24 @@ pub fn encoded_batch(bytes: &[u8]) -> Option<(Seq, BatchEntries<'_>)> {
         return None;
     }
     let body = &bytes[HEADER_LEN..encoded_frame_len(bytes)];
-    let entries =
-        BatchEntries::parse(&body[BATCH_PREFIX_LEN..]).expect("a batch this node encoded");
+    let entries = BatchEntries::parse_trusted(&body[BATCH_PREFIX_LEN..], bytes[5] & FLAG_CRC != 0);
     Some((Seq(read_u64(body, 0)), entries))
+}
+
+/// The payload length of the MSG frame that `bytes` starts with (as this node encoded it; at
+/// least its fixed fields): decompressed, without its checksum.
+pub fn encoded_msg_payload_len(bytes: &[u8]) -> usize {
+    let body_len = encoded_frame_len(bytes) - HEADER_LEN;
+    let flags = bytes[5];
+    let mut at = HEADER_LEN + MSG_PREFIX_LEN;
+    if flags & FLAG_CRC != 0 {
+        at += CHECKSUM_LEN;
+    }
+    if flags & FLAG_LZ4 != 0 {
+        return u32::from_le_bytes(bytes[at..at + LZ4_PREFIX_LEN].try_into().expect("a length"))
+            as usize;
+    }
+    body_len - (at - HEADER_LEN)
 }
 
 /// The encoded length of a MSG frame carrying `payload_len` bytes.
@@ -598,6 +772,11 @@ impl Decoder {
             flags_allowed: 0,
             failed: None,
         }
+    }
+
+    /// Sets the flags frames may carry: those this node offered in its HELLO.
+    pub fn set_flags_allowed(&mut self, flags: u8) {
+        self.flags_allowed = flags;
     }
 
     /// Changes the accepted body length (after HELLO negotiated it).
@@ -1013,5 +1192,108 @@ mod tests {
         let mut ping = Vec::new();
         Frame::Ping { timestamp: 7 }.encode(&mut ping);
         assert!(!is_plaintext_hello(&ping));
+    }
+
+    /// A checksummed MSG and MSG_BATCH as a sender encodes them.
+    fn checksummed_frames() -> (Vec<u8>, Vec<u8>) {
+        let payload = b"end to end";
+        let mut msg = Vec::new();
+        let mut head = header(Kind::Msg, MSG_PREFIX_LEN + CHECKSUM_LEN + payload.len());
+        head.flags = FLAG_CRC;
+        head.encode(&mut msg);
+        msg.extend_from_slice(&7u64.to_le_bytes());
+        msg.extend_from_slice(&crc32c(payload).to_le_bytes());
+        msg.extend_from_slice(payload);
+        let mut entries = Vec::new();
+        for p in [&b"first"[..], b"second", b""] {
+            entries.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            entries.extend_from_slice(&crc32c(p).to_le_bytes());
+            entries.extend_from_slice(p);
+        }
+        let mut batch = Vec::new();
+        Frame::MsgBatch {
+            seq_first: Seq(20),
+            entries: BatchEntries::parse_checked(&entries, true).unwrap(),
+        }
+        .encode(&mut batch);
+        (msg, batch)
+    }
+
+    #[test]
+    fn a_flipped_byte_fails_its_checksum() {
+        let (msg, batch) = checksummed_frames();
+        let mut decoder = Decoder::new(BODY_LEN_MAX_DEFAULT);
+        decoder.set_flags_allowed(FLAG_CRC);
+        let got = decode_all(&mut decoder, &[msg.clone(), batch.clone()].concat()).unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        // Any payload or checksum byte flipped: refused, naming the message.
+        for at in HEADER_LEN + MSG_PREFIX_LEN..msg.len() {
+            let mut bad = msg.clone();
+            bad[at] ^= 0x10;
+            let mut decoder = Decoder::new(BODY_LEN_MAX_DEFAULT);
+            decoder.set_flags_allowed(FLAG_CRC);
+            assert_eq!(
+                decode_all(&mut decoder, &bad),
+                Err(ProtocolError::ChecksumMismatch { seq: 7 }),
+                "byte {at}"
+            );
+        }
+        // In a batch: the second entry's payload ("second" starts after 8 + 4 + 4 + 5 + 4 + 4).
+        let mut bad = batch.clone();
+        bad[HEADER_LEN + 8 + 4 + 4 + 5 + 4 + 4 + 2] ^= 1;
+        let mut decoder = Decoder::new(BODY_LEN_MAX_DEFAULT);
+        decoder.set_flags_allowed(FLAG_CRC);
+        let err = decode_all(&mut decoder, &bad).unwrap_err();
+        assert_eq!(err, ProtocolError::ChecksumMismatch { seq: 21 });
+        assert_eq!(err.reason(), GoAwayReason::ChecksumMismatch);
+        // Not negotiated: refused at the header.
+        let mut plain = Decoder::new(BODY_LEN_MAX_DEFAULT);
+        assert!(matches!(
+            decode_all(&mut plain, &msg),
+            Err(ProtocolError::FlagNotNegotiated { .. })
+        ));
+    }
+
+    #[test]
+    fn flags_go_only_where_they_mean_something() {
+        let mut decoder = Decoder::new(BODY_LEN_MAX_DEFAULT);
+        decoder.set_flags_allowed(FLAG_CRC | FLAG_LZ4);
+        // A PING with the checksum flag, a batch with the compression flag.
+        let mut ping = Vec::new();
+        Frame::Ping { timestamp: 1 }.encode(&mut ping);
+        ping[5] = FLAG_CRC;
+        assert!(matches!(
+            decode_all(&mut decoder, &ping),
+            Err(ProtocolError::Malformed {
+                kind: Kind::Ping,
+                ..
+            })
+        ));
+        let (_, mut batch) = checksummed_frames();
+        batch[5] |= FLAG_LZ4;
+        let mut decoder = Decoder::new(BODY_LEN_MAX_DEFAULT);
+        decoder.set_flags_allowed(FLAG_CRC | FLAG_LZ4);
+        assert!(matches!(
+            decode_all(&mut decoder, &batch),
+            Err(ProtocolError::Malformed {
+                kind: Kind::MsgBatch,
+                ..
+            })
+        ));
+        // A compressed MSG too short for its length field.
+        let mut msg = Vec::new();
+        let mut head = header(Kind::Msg, MSG_PREFIX_LEN + 2);
+        head.flags = FLAG_LZ4;
+        head.encode(&mut msg);
+        msg.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 9, 9]);
+        let mut decoder = Decoder::new(BODY_LEN_MAX_DEFAULT);
+        decoder.set_flags_allowed(FLAG_LZ4);
+        assert!(matches!(
+            decode_all(&mut decoder, &msg),
+            Err(ProtocolError::Malformed {
+                kind: Kind::Msg,
+                ..
+            })
+        ));
     }
 }

@@ -45,6 +45,27 @@ pub struct FlowLimits {
     pub unsent_bytes_max: usize,
 }
 
+/// What the peer accepts beyond plain MSG frames, besides MSG_BATCH: the optional flags a
+/// session encodes with (see [`TxSession::set_encoding`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Encoding {
+    /// Each payload carries its CRC32C ([`frame::FLAG_CRC`]).
+    pub crc: bool,
+    /// Payloads at least this long are LZ4-compressed ([`frame::FLAG_LZ4`]) when that makes
+    /// them shorter; `None`: never.
+    pub lz4_min_size: Option<usize>,
+}
+
+impl Encoding {
+    fn checksum_len(self) -> usize {
+        if self.crc { frame::CHECKSUM_LEN } else { 0 }
+    }
+
+    fn compresses(self, len: usize) -> bool {
+        self.lz4_min_size.is_some_and(|min| len >= min)
+    }
+}
+
 /// Encoded frames of consecutive messages `first..=last`, as they go on the wire: `head`, then
 /// `tail` (the payload of the last message when it was too large to copy, else empty).
 #[derive(Debug, Clone)]
@@ -85,6 +106,8 @@ pub struct TxSession {
     open_first: Seq,
     /// Whether small messages are encoded into MSG_BATCH frames (the peer accepts them).
     batching: bool,
+    /// Checksums and compression the peer accepts.
+    encoding: Encoding,
     /// The MSG_BATCH frame at the end of `open` that takes further messages, if any.
     batch: Option<OpenBatch>,
     open_weight: u64,
@@ -126,6 +149,7 @@ impl TxSession {
             open: BytesMut::new(),
             open_first: acked.next(),
             batching: true,
+            encoding: Encoding::default(),
             batch: None,
             open_weight: 0,
             open_payload_len: 0,
@@ -155,14 +179,25 @@ impl TxSession {
         if payload.len() > self.peer_payload_len_max {
             return self.push_oversize(seq, payload.len(), weight);
         }
-        let entry_len = frame::BATCH_ENTRY_PREFIX_LEN + payload.len();
-        if self.batching && frame::BATCH_PREFIX_LEN + entry_len <= frame::BATCH_BODY_MAX {
+        let crc = self.checksums(payload.len());
+        let sum_len = if crc { frame::CHECKSUM_LEN } else { 0 };
+        let entry_len = frame::BATCH_ENTRY_PREFIX_LEN + sum_len + payload.len();
+        if self.encoding.compresses(payload.len()) && self.push_compressed(seq, payload) {
+            // Encoded.
+        } else if self.batching && frame::BATCH_PREFIX_LEN + entry_len <= frame::BATCH_BODY_MAX {
             self.push_entry(seq, payload, entry_len);
         } else {
             self.close_batch();
-            let head = frame::msg_head(seq, payload.len());
-            self.reserve(head.len() + payload.len());
-            self.open.extend_from_slice(&head);
+            let mut head = frame::msg_head(seq, sum_len + payload.len());
+            self.reserve(head.len() + sum_len + payload.len());
+            if crc {
+                head[5] = frame::FLAG_CRC;
+                self.open.extend_from_slice(&head);
+                self.open
+                    .extend_from_slice(&frame::crc32c(payload).to_le_bytes());
+            } else {
+                self.open.extend_from_slice(&head);
+            }
             self.open.extend_from_slice(payload);
         }
         self.open_weight += weight;
@@ -189,9 +224,14 @@ impl TxSession {
                 let mut count = 0;
                 let mut payload_len = 0;
                 let mut rest = None;
+                let encoding = self.encoding;
+                let sum_len = encoding.checksum_len();
                 for payload in payloads.by_ref() {
-                    let entry_len = frame::BATCH_ENTRY_PREFIX_LEN + payload.len();
-                    if body_len + entry_len > frame::BATCH_BODY_MAX || used + entry_len > room {
+                    let entry_len = frame::BATCH_ENTRY_PREFIX_LEN + sum_len + payload.len();
+                    if body_len + entry_len > frame::BATCH_BODY_MAX
+                        || used + entry_len > room
+                        || encoding.compresses(payload.len())
+                    {
                         rest = Some(payload);
                         break;
                     }
@@ -200,6 +240,9 @@ impl TxSession {
                     count += 1;
                     payload_len += payload.len();
                     self.open.put_u32_le(payload.len() as u32);
+                    if encoding.crc {
+                        self.open.put_u32_le(frame::crc32c(payload));
+                    }
                     self.open.extend_from_slice(payload);
                 }
                 batch.body_len = body_len;
@@ -227,7 +270,10 @@ impl TxSession {
         });
         if !fits {
             self.close_batch();
-            let head = frame::batch_head(seq);
+            let mut head = frame::batch_head(seq);
+            if self.encoding.crc {
+                head[5] = frame::FLAG_CRC;
+            }
             self.reserve(head.len() + entry_len);
             self.batch = Some(OpenBatch {
                 at: self.open.len(),
@@ -237,6 +283,10 @@ impl TxSession {
         }
         let len = u32::try_from(payload.len()).expect("a batch entry fits in u32");
         self.open.extend_from_slice(&len.to_le_bytes());
+        if self.encoding.crc {
+            self.open
+                .extend_from_slice(&frame::crc32c(payload).to_le_bytes());
+        }
         self.open.extend_from_slice(payload);
         if let Some(batch) = &mut self.batch {
             batch.body_len += entry_len;
@@ -257,14 +307,117 @@ impl TxSession {
         if payload.len() > self.peer_payload_len_max {
             return self.push_oversize(seq, payload.len(), weight);
         }
+        if self.encoding.compresses(payload.len()) && self.push_compressed(seq, &payload) {
+            self.open_weight += weight;
+            self.open_payload_len += payload.len();
+            self.seq_next = seq.next();
+            return;
+        }
         self.close_batch();
-        let head = frame::msg_head(seq, payload.len());
-        self.reserve(head.len());
-        self.open.extend_from_slice(&head);
+        let crc = self.checksums(payload.len());
+        let sum_len = if crc { frame::CHECKSUM_LEN } else { 0 };
+        let mut head = frame::msg_head(seq, sum_len + payload.len());
+        self.reserve(head.len() + sum_len);
+        if crc {
+            head[5] = frame::FLAG_CRC;
+            self.open.extend_from_slice(&head);
+            self.open
+                .extend_from_slice(&frame::crc32c(&payload).to_le_bytes());
+        } else {
+            self.open.extend_from_slice(&head);
+        }
         self.open_weight += weight;
         self.open_payload_len += payload.len();
         self.seq_next = seq.next();
         self.seal(payload);
+    }
+
+    /// Encodes message `seq` as a MSG frame with its payload LZ4-compressed, if that makes it
+    /// shorter; returns whether it did. The block is written straight into the open buffer.
+    fn push_compressed(&mut self, seq: Seq, payload: &[u8]) -> bool {
+        let sum_len = self.encoding.checksum_len();
+        let head_len = frame::HEADER_LEN + frame::MSG_PREFIX_LEN + sum_len + frame::LZ4_PREFIX_LEN;
+        let block_max = lz4_flex::block::get_maximum_output_size(payload.len());
+        self.close_batch();
+        self.reserve(head_len + block_max);
+        let at = self.open.len();
+        self.open.resize(at + head_len + block_max, 0);
+        let block_len =
+            match lz4_flex::block::compress_into(payload, &mut self.open[at + head_len..]) {
+                // Worth it only if the frame comes out shorter than the plain one, and within
+                // the peer's limit.
+                Ok(len)
+                    if frame::LZ4_PREFIX_LEN + len < payload.len()
+                        && sum_len + frame::LZ4_PREFIX_LEN + len <= self.peer_payload_len_max =>
+                {
+                    len
+                }
+                _ => {
+                    self.open.truncate(at);
+                    return false;
+                }
+            };
+        self.open.truncate(at + head_len + block_len);
+        let raw_len = u32::try_from(payload.len()).expect("a payload fits in u32");
+        let mut head = frame::msg_head(seq, sum_len + frame::LZ4_PREFIX_LEN + block_len);
+        head[5] = frame::FLAG_LZ4
+            | if self.encoding.crc {
+                frame::FLAG_CRC
+            } else {
+                0
+            };
+        let out = &mut self.open[at..at + head_len];
+        out[..head.len()].copy_from_slice(&head);
+        if self.encoding.crc {
+            out[head.len()..head.len() + 4].copy_from_slice(&frame::crc32c(payload).to_le_bytes());
+        }
+        out[head_len - 4..].copy_from_slice(&raw_len.to_le_bytes());
+        true
+    }
+
+    /// Sets the checksums and compression to encode with: the node's own choice when the
+    /// session is created, then what was negotiated with the peer of the connection being
+    /// established (call before [`TxSession::resume`]). Held frames that use what the peer
+    /// does not accept are re-encoded without it, so it gets none, whatever was encoded before
+    /// it answered.
+    pub fn set_encoding(&mut self, encoding: Encoding) {
+        let dropped = (self.encoding.crc && !encoding.crc)
+            || (self.encoding.lz4_min_size.is_some() && encoding.lz4_min_size.is_none());
+        self.encoding = encoding;
+        if dropped {
+            self.reencode_held();
+        } else if !self.open.is_empty() {
+            // New frames follow the new encoding; the open batch keeps its flags.
+            self.seal(Bytes::new());
+        }
+    }
+
+    /// The encoding new messages get.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Re-encodes every held frame for the current batching and encoding.
+    fn reencode_held(&mut self) {
+        if !self.open.is_empty() {
+            self.seal(Bytes::new());
+        }
+        for segment in &mut self.segments {
+            if let Some(head) = reencode(&segment.head, self.batching, self.encoding) {
+                segment.head = head;
+            }
+        }
+        // The lengths changed: transmission starts over, as `resume` will say anyway.
+        self.cursor = 0;
+        self.cursor_offset = 0;
+        self.unsent_sealed = self.segments.iter().map(Segment::len).sum();
+    }
+
+    /// Whether a MSG of `len` payload bytes gets its checksum: when the encoding says so and the
+    /// checksum still fits the peer's frame limit (a payload within 4 bytes of the limit goes
+    /// without: the flag is per frame).
+    fn checksums(&self, len: usize) -> bool {
+        self.encoding.crc && len + frame::CHECKSUM_LEN <= self.peer_payload_len_max
     }
 
     /// A message of `len` bytes the peer would refuse: a LOST frame instead, and a note for
@@ -287,10 +440,13 @@ impl TxSession {
             self.seal(Bytes::new());
         }
         let mut removed = 0;
+        let mut changed = false;
         for segment in &mut self.segments {
-            removed += drop_oversize(segment, max, &mut self.oversize);
+            let (r, c) = drop_oversize(segment, max, &mut self.oversize);
+            removed += r;
+            changed |= c;
         }
-        if removed > 0 {
+        if changed {
             self.payload_len -= removed;
             // The lengths changed: transmission starts over, as `resume` will say anyway.
             self.cursor = 0;
@@ -328,21 +484,9 @@ impl TxSession {
     /// batches gets none, whatever was encoded before it answered.
     pub fn set_batching(&mut self, batching: bool) {
         self.batching = batching;
-        if batching {
-            return;
+        if !batching {
+            self.reencode_held();
         }
-        if !self.open.is_empty() {
-            self.seal(Bytes::new());
-        }
-        for segment in &mut self.segments {
-            if let Some(head) = unbatch(&segment.head) {
-                segment.head = head;
-            }
-        }
-        // The lengths changed: transmission starts over, as `resume` will say anyway.
-        self.cursor = 0;
-        self.cursor_offset = 0;
-        self.unsent_sealed = self.segments.iter().map(Segment::len).sum();
     }
 
     /// Applies a cumulative ACK.
@@ -705,10 +849,13 @@ struct OpenBatch {
     body_len: usize,
 }
 
-/// `head` (frames as this node encoded them) with every MSG_BATCH frame rewritten as one MSG
-/// frame per entry; `None` if it holds no MSG_BATCH. The last frame may continue past `head`
-/// (its payload in the segment's tail): it is a MSG and is copied as it is.
-fn unbatch(head: &Bytes) -> Option<Bytes> {
+/// `head` (frames as this node encoded them) re-encoded for a peer that takes MSG_BATCH frames
+/// only if `batching`, and only the checksums and compression of `encoding`: each batch it does
+/// not take becomes one MSG frame per entry, and each frame with a flag it does not take is
+/// written without it (a block decompressed, a checksum dropped). `None` if nothing changes.
+/// The last frame may continue past `head` (its payload in the segment's tail): it is an
+/// uncompressed MSG, rewritten up to the end of `head`, and the tail follows it unchanged.
+fn reencode(head: &Bytes, batching: bool, encoding: Encoding) -> Option<Bytes> {
     let mut frames = Vec::new();
     let mut offset = 0;
     while offset < head.len() {
@@ -716,48 +863,81 @@ fn unbatch(head: &Bytes) -> Option<Bytes> {
         frames.push(&head[offset..offset + len]);
         offset += len;
     }
-    let is_batch = |f: &&[u8]| f[4] == frame::Kind::MsgBatch as u8;
-    if !frames.iter().any(is_batch) {
+    let refused = |f: &[u8]| {
+        let flags = f[5];
+        (f[4] == frame::Kind::MsgBatch as u8 && !batching)
+            || (flags & frame::FLAG_CRC != 0 && !encoding.crc)
+            || (flags & frame::FLAG_LZ4 != 0 && encoding.lz4_min_size.is_none())
+    };
+    if !frames.iter().any(|f| refused(f)) {
         return None;
     }
     let mut out = Vec::with_capacity(head.len() + head.len() / 2);
+    let sum_len = encoding.checksum_len();
+    let msg = |seq: Seq, payload: &[u8], full_len: usize, out: &mut Vec<u8>| {
+        let mut head = frame::msg_head(seq, sum_len + full_len);
+        if encoding.crc {
+            head[5] = frame::FLAG_CRC;
+        }
+        out.extend_from_slice(&head);
+        if encoding.crc {
+            out.extend_from_slice(&frame::crc32c(payload).to_le_bytes());
+        }
+        out.extend_from_slice(payload);
+    };
     for bytes in frames {
-        match frame::encoded_batch(bytes) {
-            Some((seq_first, entries)) => {
+        if !refused(bytes) {
+            out.extend_from_slice(bytes);
+            continue;
+        }
+        if let Some((seq_first, entries)) = frame::encoded_batch(bytes) {
+            if batching {
+                // Only the checksums go.
+                let at = out.len();
+                out.extend_from_slice(&frame::batch_head(seq_first));
+                for payload in entries.iter() {
+                    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                    out.extend_from_slice(payload);
+                }
+                let body_len = out.len() - at - frame::HEADER_LEN;
+                frame::set_body_len(&mut out[at..], body_len);
+            } else {
                 for (seq, payload) in (seq_first.0..).map(Seq).zip(entries.iter()) {
-                    frame::encode_msg(seq, payload, &mut out);
+                    msg(seq, payload, payload.len(), &mut out);
                 }
             }
-            None => out.extend_from_slice(bytes),
+            continue;
         }
+        // A MSG (a LOST has no flags and is never refused).
+        reencode_msg(bytes, encoding, &mut out);
     }
     Some(Bytes::from(out))
 }
 
 /// Replaces each MSG frame of `segment` whose payload is over `max` bytes with a LOST frame
-/// (noting it in `oversize`), the payload kept by reference in its tail included; returns the
-/// payload bytes removed. MSG_BATCH entries are never over `max`: batches go only to a peer
-/// whose limit holds the largest one.
-fn drop_oversize(segment: &mut Segment, max: usize, oversize: &mut Vec<(Seq, usize)>) -> usize {
+/// (noting it in `oversize`), the payload kept by reference in its tail included, and rewrites
+/// without its checksum or compression a MSG whose payload fits but whose frame does not.
+/// Returns the payload bytes removed, and whether anything changed. MSG_BATCH entries are never
+/// over `max`: batches go only to a peer whose limit holds the largest one.
+fn drop_oversize(
+    segment: &mut Segment,
+    max: usize,
+    oversize: &mut Vec<(Seq, usize)>,
+) -> (usize, bool) {
     let head = &segment.head;
     let mut out: Option<Vec<u8>> = None;
     let mut removed = 0;
     let mut offset = 0;
     while offset < head.len() {
         // The last frame's payload may be the tail, past the end of the head.
-        let len = frame::encoded_frame_len(&head[offset..]).min(head.len() - offset);
+        let frame_len = frame::encoded_frame_len(&head[offset..]);
+        let len = frame_len.min(head.len() - offset);
         let bytes = &head[offset..offset + len];
-        let payload_len = (bytes[4] == frame::Kind::Msg as u8).then(|| {
-            let body_len = u32::from_le_bytes(bytes[..4].try_into().expect("a header"));
-            body_len as usize - frame::MSG_PREFIX_LEN
-        });
+        let is_msg = bytes[4] == frame::Kind::Msg as u8;
+        let payload_len = is_msg.then(|| frame::encoded_msg_payload_len(bytes));
         match payload_len {
             Some(payload_len) if payload_len > max => {
-                let seq = Seq(u64::from_le_bytes(
-                    bytes[frame::HEADER_LEN..frame::HEADER_LEN + 8]
-                        .try_into()
-                        .expect("a MSG's seq"),
-                ));
+                let seq = msg_seq(bytes);
                 oversize.push((seq, payload_len));
                 removed += payload_len;
                 out.get_or_insert_with(|| head[..offset].to_vec())
@@ -765,6 +945,10 @@ fn drop_oversize(segment: &mut Segment, max: usize, oversize: &mut Vec<(Seq, usi
                 if offset + len == head.len() && !segment.tail.is_empty() {
                     segment.tail = Bytes::new();
                 }
+            }
+            Some(_) if frame_len - frame::HEADER_LEN > max + frame::MSG_PREFIX_LEN => {
+                let out = out.get_or_insert_with(|| head[..offset].to_vec());
+                reencode_msg(bytes, Encoding::default(), out);
             }
             _ => {
                 if let Some(out) = &mut out {
@@ -774,11 +958,61 @@ fn drop_oversize(segment: &mut Segment, max: usize, oversize: &mut Vec<(Seq, usi
         }
         offset += len;
     }
+    let changed = out.is_some();
     if let Some(out) = out {
         segment.head = Bytes::from(out);
         segment.payload_len -= removed;
     }
-    removed
+    (removed, changed)
+}
+
+/// The sequence number of the MSG frame `bytes` starts with.
+fn msg_seq(bytes: &[u8]) -> Seq {
+    Seq(u64::from_le_bytes(
+        bytes[frame::HEADER_LEN..frame::HEADER_LEN + 8]
+            .try_into()
+            .expect("a MSG's seq"),
+    ))
+}
+
+/// Appends to `out` the MSG frame `bytes` (as this node encoded it) re-encoded with
+/// `encoding`, its block decompressed. `bytes` may end before the frame does (its payload
+/// continues in the segment's tail): it is then an uncompressed MSG, rewritten without its
+/// checksum (the rest of the payload cannot be read here to compute one).
+fn reencode_msg(bytes: &[u8], encoding: Encoding, out: &mut Vec<u8>) {
+    let flags = bytes[5];
+    let body_len = frame::encoded_frame_len(bytes) - frame::HEADER_LEN;
+    let seq = msg_seq(bytes);
+    let mut at = frame::HEADER_LEN + frame::MSG_PREFIX_LEN;
+    if flags & frame::FLAG_CRC != 0 {
+        at += frame::CHECKSUM_LEN;
+    }
+    let write = |payload: &[u8], full_len: usize, crc: bool, out: &mut Vec<u8>| {
+        let sum_len = if crc { frame::CHECKSUM_LEN } else { 0 };
+        let mut head = frame::msg_head(seq, sum_len + full_len);
+        if crc {
+            head[5] = frame::FLAG_CRC;
+        }
+        out.extend_from_slice(&head);
+        if crc {
+            out.extend_from_slice(&frame::crc32c(payload).to_le_bytes());
+        }
+        out.extend_from_slice(payload);
+    };
+    if flags & frame::FLAG_LZ4 != 0 {
+        let raw_len = u32::from_le_bytes(
+            bytes[at..at + frame::LZ4_PREFIX_LEN]
+                .try_into()
+                .expect("a length"),
+        ) as usize;
+        let payload = lz4_flex::block::decompress(&bytes[at + frame::LZ4_PREFIX_LEN..], raw_len)
+            .expect("a block this node compressed");
+        write(&payload, raw_len, encoding.crc, out);
+    } else {
+        let full_len = body_len - (at - frame::HEADER_LEN);
+        let whole = bytes.len() == frame::HEADER_LEN + body_len;
+        write(&bytes[at..], full_len, encoding.crc && whole, out);
+    }
 }
 
 /// What [`RxSession::handle_msg`] decided about one MSG.
@@ -1244,5 +1478,223 @@ mod tests {
         rx.resume(SessionId(Uuid::from_u128(9)), Seq(u64::MAX));
         assert_eq!(rx.handle_msg(Seq(u64::MAX)), Ok(Delivery::Deliver));
         assert_eq!(rx.handle_msg(Seq(u64::MAX)), Ok(Delivery::Duplicate));
+    }
+
+    /// Every payload the slices carry, decompressed, with the flags of its frame, decoding with
+    /// a receiver that accepts `flags` (and verifies every checksum).
+    fn payloads(slices: &[Bytes], flags: u8) -> Vec<(u64, Vec<u8>, u8)> {
+        let bytes: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+        let mut decoder = Decoder::new(1 << 20);
+        decoder.set_flags_allowed(flags);
+        let mut out = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let len = frame::encoded_frame_len(rest);
+            let frame_flags = rest[5];
+            decoder
+                .decode(&rest[..len], |frame| {
+                    match frame {
+                        Frame::Msg { seq, payload } => {
+                            out.push((seq.0, payload.to_vec(), frame_flags));
+                        }
+                        Frame::MsgLz4 {
+                            seq,
+                            raw_len,
+                            block,
+                            checksum,
+                        } => {
+                            let payload =
+                                lz4_flex::block::decompress(block, raw_len as usize).unwrap();
+                            assert_eq!(checksum.map(|_| frame::crc32c(&payload)), checksum);
+                            out.push((seq.0, payload, frame_flags));
+                        }
+                        Frame::MsgBatch { seq_first, entries } => out.extend(
+                            (seq_first.0..)
+                                .zip(entries.iter())
+                                .map(|(seq, p)| (seq, p.to_vec(), frame_flags)),
+                        ),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            rest = &rest[len..];
+        }
+        out
+    }
+
+    fn text(len: usize) -> Vec<u8> {
+        b"the quick brown fox jumps over the lazy dog. "
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect()
+    }
+
+    const ALL: Encoding = Encoding {
+        crc: true,
+        lz4_min_size: Some(256),
+    };
+
+    #[test]
+    fn checksums_and_compression_round_trip_for_every_path() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..600)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        let sent: Vec<Vec<u8>> = vec![
+            text(10),
+            text(255),
+            text(256),
+            text(1024),
+            noise.clone(),
+            text(40_000),
+            text(3),
+        ];
+        let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
+        tx.set_encoding(ALL);
+        tx.push(Seq(1), &sent[0], 0);
+        tx.push_many(Seq(2), sent[1..5].iter().map(Vec::as_slice));
+        tx.push_shared(Seq(6), Bytes::from(sent[5].clone()), 0);
+        tx.push(Seq(7), &sent[6], 0);
+        let mut slices = Vec::new();
+        tx.poll_transmit(usize::MAX, &mut slices);
+        let got = payloads(&slices, frame::FLAG_CRC | frame::FLAG_LZ4);
+        let seqs: Vec<u64> = got.iter().map(|(seq, _, _)| *seq).collect();
+        assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+        for ((_, payload, flags), want) in got.iter().zip(&sent) {
+            assert_eq!(payload, want);
+            assert!(flags & frame::FLAG_CRC != 0, "every frame is checksummed");
+            // Compressed: long enough, and compressible (the noise is not).
+            let compressible = want.len() >= 256 && *want != noise;
+            assert_eq!(
+                flags & frame::FLAG_LZ4 != 0,
+                compressible,
+                "{} bytes",
+                want.len()
+            );
+        }
+        let wire: usize = slices.iter().map(Bytes::len).sum();
+        let raw: usize = sent.iter().map(Vec::len).sum();
+        assert!(
+            wire < raw / 2,
+            "{wire} bytes on the wire for {raw} of payload"
+        );
+    }
+
+    #[test]
+    fn a_peer_without_checksums_or_compression_gets_frames_without_them() {
+        for (batching, encoding) in [
+            (true, Encoding::default()),
+            (false, Encoding::default()),
+            (
+                true,
+                Encoding {
+                    crc: true,
+                    lz4_min_size: None,
+                },
+            ),
+            (
+                false,
+                Encoding {
+                    crc: false,
+                    lz4_min_size: Some(256),
+                },
+            ),
+        ] {
+            let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
+            tx.set_encoding(ALL);
+            let sent = [text(20), text(300), text(2000), text(30_000), text(7)];
+            tx.push_many(Seq(1), sent[..3].iter().map(Vec::as_slice));
+            tx.push_shared(Seq(4), Bytes::from(sent[3].clone()), 0);
+            tx.push(Seq(5), &sent[4], 0);
+            // Encoded before the peer answered; its HELLO then offers less.
+            tx.set_batching(batching);
+            tx.set_encoding(encoding);
+            tx.resume(SessionId::NIL, Seq::ZERO).unwrap();
+            let mut slices = Vec::new();
+            tx.poll_transmit(usize::MAX, &mut slices);
+            let mut allowed = 0;
+            if encoding.crc {
+                allowed |= frame::FLAG_CRC;
+            }
+            if encoding.lz4_min_size.is_some() {
+                allowed |= frame::FLAG_LZ4;
+            }
+            let got = payloads(&slices, allowed);
+            let want: Vec<(u64, Vec<u8>)> = (1..).zip(sent.iter().cloned()).collect();
+            let got_payloads: Vec<(u64, Vec<u8>)> =
+                got.iter().map(|(s, p, _)| (*s, p.clone())).collect();
+            assert_eq!(got_payloads, want, "{batching} {encoding:?}");
+            assert!(
+                got.iter().all(|(_, _, f)| f & !allowed == 0),
+                "{encoding:?}"
+            );
+            if !batching {
+                assert!(
+                    slices
+                        .iter()
+                        .all(|s| s.is_empty() || s[4] != frame::Kind::MsgBatch as u8)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_payload_at_the_peers_limit_goes_without_its_checksum() {
+        let noise = |len: usize, tag: u8| -> Vec<u8> {
+            let mut x = 0x2545_f491_4f6c_dd1du64 ^ u64::from(tag);
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 40) as u8
+                })
+                .collect()
+        };
+        let mut tx = TxSession::new(SessionId(Uuid::from_u128(1)));
+        tx.set_encoding(ALL);
+        tx.set_batching(false);
+        // Encoded with a checksum before the peer's limit was known.
+        tx.push(Seq(1), &noise(1000, 1), 0);
+        tx.push_shared(Seq(2), Bytes::from(noise(1000, 2)), 0);
+        tx.set_peer_body_len_max(1008);
+        tx.resume(SessionId::NIL, Seq::ZERO).unwrap();
+        // After: at the limit without, below it with.
+        tx.push(Seq(3), &noise(1000, 3), 0);
+        tx.push(Seq(4), &noise(996, 4), 0);
+        let mut slices = Vec::new();
+        tx.poll_transmit(usize::MAX, &mut slices);
+        let bytes: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+        let mut decoder = Decoder::new(1008);
+        decoder.set_flags_allowed(frame::FLAG_CRC | frame::FLAG_LZ4);
+        let mut got = Vec::new();
+        decoder
+            .decode(&bytes, |frame| {
+                if let Frame::Msg { seq, payload } = frame {
+                    got.push((seq.0, payload.len()));
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(got, [(1, 1000), (2, 1000), (3, 1000), (4, 996)]);
+        assert!(tx.take_oversize().is_empty());
+        let flags: Vec<u8> = {
+            let mut rest = &bytes[..];
+            let mut flags = Vec::new();
+            while !rest.is_empty() {
+                flags.push(rest[5]);
+                rest = &rest[frame::encoded_frame_len(rest)..];
+            }
+            flags
+        };
+        assert_eq!(flags, [0, 0, 0, frame::FLAG_CRC]);
     }
 }

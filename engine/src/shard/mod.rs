@@ -211,6 +211,11 @@ impl Shard {
             node_id: config.node_id.as_str().into(),
             body_len_max: config.body_len_max,
             batch: config.batch_frames,
+            crc: config.crc_enabled(),
+            lz4_min_size: config
+                .compression
+                .enabled
+                .then_some(config.compression.min_size),
             handshake_timeout: config.handshake_timeout,
             heartbeat: config.heartbeat,
             ack: config.ack,

@@ -74,6 +74,8 @@ impl State {
         if let Some(durable) = &mut self.durable {
             recovered = restore_sessions(durable, shared, &mut sessions, &mut rx_slot);
         }
+        // Encoded as if the peer took everything this node offers, until its HELLO says.
+        sessions.tx.set_encoding(self.proto_config.encoding());
         let index = self.peers.insert(PeerState {
             handle: Peer {
                 shared: Arc::clone(shared),
