@@ -12,6 +12,9 @@
 # (`loadgen run --tls`) beside the tokio-rustls baseline, against the plaintext rows of the
 # same run; and mutual-TLS handshakes per second into one core (bench's `handshakes`).
 #
+# Wire integrity (ringwire only): 64 B and 1 KiB throughput with end-to-end CRC32C on and off,
+# and 1 KiB of JSON log text with and without LZ4 (bytes on the wire per payload byte too).
+#
 # Also the durable outbox (ringwire only): the 64 B throughput run without an outbox, with one
 # synced `none` and `always`, and the time to recover a 1 GiB outbox (bench's `recovery`).
 #
@@ -20,6 +23,7 @@
 #        ONLY=tp64 scripts/bench-report.sh  (one workload, for a quick look; still rewrites the doc)
 #        ONLY=dur64 / ONLY=recovery         (the outbox rows only)
 #        ONLY=tls                           (the TLS rows only)
+#        ONLY=wire                          (the CRC and LZ4 rows only)
 #
 # Runs are interleaved (run 1 of every workload and stack, then run 2, ...) so that a slow
 # patch of the machine does not land on one stack only. Every command is bounded by `timeout`.
@@ -60,6 +64,15 @@ PUBLISHERS=(batch shard)
 TLS=(
   "tls64|--mode throughput --size 64"
   "tls1k|--mode throughput --size 1024"
+)
+# name|variant|flags — the CRC and LZ4 rows, ringwire only.
+WIRE=(
+  "crc64|on|--mode throughput --size 64 --crc on"
+  "crc64|off|--mode throughput --size 64 --crc off"
+  "crc1k|on|--mode throughput --size 1024 --crc on"
+  "crc1k|off|--mode throughput --size 1024 --crc off"
+  "lz4|plain|--mode throughput --size 1024 --content text"
+  "lz4|lz4|--mode throughput --size 1024 --content text --lz4"
 )
 # variant|flags — the durable outbox rows, all 64 B throughput through loadgen.
 DURABLE=(
@@ -142,6 +155,13 @@ for run in $(seq 1 "$RUNS"); do
     done
     for stack in ringwire tokio-rustls; do
       run_one handshakes "$stack" "$run" $HANDSHAKES --stack "$stack" --duration "$DURATION" --warmup "$WARMUP"
+    done
+  fi
+  if [[ -z $ONLY || $ONLY == wire ]]; then
+    for entry in "${WIRE[@]}"; do
+      IFS='|' read -r name variant flags <<< "$entry"
+      # shellcheck disable=SC2086
+      run_one "$name" "$variant" "$run" $LOADGEN run $flags --duration "$DURATION" --warmup "$WARMUP"
     done
   fi
   if [[ -z $ONLY || $ONLY == dur64 ]]; then

@@ -155,6 +155,42 @@ def tls_section(results, m, w):
         w("")
 
 
+def wire_section(results, m, w):
+    """End-to-end CRC32C on and off, and LZ4 on compressible text."""
+    if not any(k[0] in ("crc64", "crc1k", "lz4") for k in results):
+        return
+    w("## CRC and LZ4")
+    w("")
+    w("ringwire only, `--publisher thread`, interleaved with the rest of the run. CRC: the "
+      "same throughput workload with end-to-end CRC32C on (`--crc on`, the plaintext default) "
+      "and off. LZ4: 1 KiB payloads of JSON log records (`--content text`), with and without "
+      "`--lz4`; wire ÷ payload is the client's `bytes_sent` (frames, checksums and all) over "
+      "the payload bytes sent.")
+    w("")
+    w("| workload | variant | msgs/s | MB/s payload | wire ÷ payload | p50 µs (publish→ack) | CPU s | busy: serving / load core | ÷ first row |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for workload, label, variants in (("crc64", "64 B", ("off", "on")),
+                                      ("crc1k", "1 KiB", ("off", "on")),
+                                      ("lz4", "1 KiB text", ("plain", "lz4"))):
+        base = m(workload, variants[0], lambda r: r["msgs_per_s"])
+        for variant in variants:
+            reports = results.get((workload, variant))
+            if not reports:
+                w(f"| {label} | {variant} | no run finished | | | | | | |")
+                continue
+            rates = [r["msgs_per_s"] for r in reports]
+            rate = statistics.median(rates)
+            wire = statistics.median(
+                r["engine"]["client.bytes_sent"] / max(1, r["sent"] * r["size"]) for r in reports)
+            x = ratio(rate, base)
+            w(f"| {label} | {variant} | {fmt(rate)} [{fmt(min(rates))}–{fmt(max(rates))}] "
+              f"| {fmt(m(workload, variant, lambda r: r['mb_per_s']))} | {wire:.3f} "
+              f"| {fmt(m(workload, variant, lat('p50')))} "
+              f"| {fmt(m(workload, variant, lambda r: r['cpu_s']))} "
+              f"| {busy(reports)} | {f'{x:.2f}×' if x else ''} |")
+    w("")
+
+
 def durable_section(results, m, w):
     """The durable outbox: throughput by sync policy, and recovery time."""
     if not any(k[0] in ("dur64", "recovery") for k in results):
@@ -338,6 +374,29 @@ def main():
     x = ratio(a, b)
     bar("mTLS handshakes into one shard", "≥ 1.0× the tokio-rustls baseline",
         f"{fmt(a)} vs {fmt(b)} per s = {x:.2f}×" if x else "—", None if x is None else x >= 1.0)
+    plain = m("lz4", "plain", lambda r: r["msgs_per_s"])
+    packed = m("lz4", "lz4", lambda r: r["msgs_per_s"])
+
+    def wire_ratio(variant):
+        reports = results.get(("lz4", variant))
+        if not reports:
+            return None
+        return statistics.median(
+            r["engine"]["client.bytes_sent"] / max(1, r["sent"] * r["size"]) for r in reports)
+    wp, wl = wire_ratio("plain"), wire_ratio("lz4")
+    x = ratio(wp, wl)
+    bar("LZ4, 1 KiB of compressible text", "≥ 2× fewer bytes on the wire",
+        f"{wp:.3f} vs {wl:.3f} wire bytes per payload byte = {x:.2f}×" if x else "—",
+        None if x is None else x >= 2.0)
+    x = ratio(packed, plain)
+    bar("LZ4, 1 KiB of compressible text", "≥ 0.8× the uncompressed msgs/s",
+        f"{fmt(packed)} vs {fmt(plain)} = {x:.2f}×" if x else "—", None if x is None else x >= 0.8)
+    for workload, label in (("crc64", "64 B"), ("crc1k", "1 KiB")):
+        on = m(workload, "on", lambda r: r["msgs_per_s"])
+        off = m(workload, "off", lambda r: r["msgs_per_s"])
+        x = ratio(on, off)
+        bar(f"CRC on, {label}", "≥ 0.9× CRC off",
+            f"{fmt(on)} vs {fmt(off)} = {x:.2f}×" if x else "—", None if x is None else x >= 0.9)
     for variant, label, limit in (("1k", "1 KiB", 1.0), ("64", "64 B", 0.5)):
         t = m("recovery", variant, lambda r: r["start_s"])
         bar(f"outbox recovery, 1 GiB of {label} messages", f"< {limit:g} s",
@@ -407,6 +466,7 @@ def main():
             w("")
 
     tls_section(results, m, w)
+    wire_section(results, m, w)
     durable_section(results, m, w)
 
     w("## Commands")

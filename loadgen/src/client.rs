@@ -38,6 +38,28 @@ pub struct Target {
     pub tls: Option<Arc<Tls>>,
     /// The security mode, checksums and compression of every engine of the run.
     pub wire: crate::tls::Wire,
+    /// What the payload bytes of a throughput run are.
+    pub content: Content,
+}
+
+/// What the payload bytes of a throughput run are (`--content`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Content {
+    /// One byte repeated (0x5a).
+    #[default]
+    Fill,
+    /// JSON log records, each different: text as services send it, which LZ4 compresses
+    /// to about half in 1 KiB.
+    Text,
+}
+
+impl Content {
+    pub fn name(self) -> &'static str {
+        match self {
+            Content::Fill => "fill",
+            Content::Text => "text",
+        }
+    }
 }
 
 /// The TLS settings and security mode of the run's engine `node_id`.
@@ -99,6 +121,9 @@ pub fn run(
         cpu,
     );
     report.tls = target.tls.is_some();
+    report.crc = target.wire.crc;
+    report.lz4 = target.wire.lz4;
+    report.content = Some(target.content.name().to_owned());
     if matches!(w.mode, Mode::Throughput | Mode::Latency) {
         report.publisher = Some(publisher.name().to_owned());
         report.batch_frames = Some(target.batch_frames);
@@ -260,7 +285,7 @@ fn streams(
             for peer in &peers {
                 let (peer, tally) = (peer.clone(), Arc::clone(&tally));
                 let mut samples = AckSamples::new(Arc::clone(&log));
-                let payload = Bytes::from_static(static_payload(w.size));
+                let payload = Bytes::from_static(static_payload(w.size, target.content));
                 threads.push(thread::spawn(move || {
                     workload::pin_thread(core);
                     publish_flat_out(&peer, &payload, &tally, &mut samples);
@@ -271,7 +296,7 @@ fn streams(
             for peer in &peers {
                 let (peer, tally) = (peer.clone(), Arc::clone(&tally));
                 let mut samples = AckSamples::new(Arc::clone(&log));
-                let payload = Bytes::from_static(static_payload(w.size));
+                let payload = Bytes::from_static(static_payload(w.size, target.content));
                 threads.push(thread::spawn(move || {
                     workload::pin_thread(core);
                     publish_batches(&peer, &payload, &tally, &mut samples);
@@ -282,7 +307,7 @@ fn streams(
             for (i, (client, peer)) in clients.iter().zip(&peers).enumerate() {
                 let source = StreamSource::new(
                     peer.clone(),
-                    static_payload(w.size),
+                    static_payload(w.size, target.content),
                     Arc::clone(&tally),
                     Arc::clone(&log),
                 );
@@ -361,8 +386,49 @@ fn streams(
 /// one buffer: a refcounted `Bytes` would add an atomic increment and decrement per message on
 /// a counter shared by the publishing thread and the shard. Leaked: it lives as long as the
 /// run, which is as long as the process.
-fn static_payload(size: usize) -> &'static [u8] {
-    Box::leak(vec![0x5a; size].into_boxed_slice())
+fn static_payload(size: usize, content: Content) -> &'static [u8] {
+    let bytes = match content {
+        Content::Fill => vec![0x5a; size],
+        Content::Text => log_records(size),
+    };
+    Box::leak(bytes.into_boxed_slice())
+}
+
+/// `size` bytes of JSON log records, one per line, their fields varying from record to record.
+fn log_records(size: usize) -> Vec<u8> {
+    const SERVICES: [&str; 4] = ["orders", "billing", "inventory", "shipping"];
+    const EVENTS: [&str; 5] = [
+        "order accepted",
+        "payment captured",
+        "stock reserved",
+        "label printed",
+        "customer notified",
+    ];
+    let mut out = String::with_capacity(size + 256);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    while out.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = x % 1_000_000;
+        out.push_str(&format!(
+            "{{\"ts\":\"2026-12-02T18:{:02}:{:02}.{:03}Z\",\"level\":\"info\",\"service\":\"{}\",\
+             \"event\":\"{}\",\"order_id\":{},\"user\":\"u-{}\",\"items\":{},\"total\":\"{}.{:02}\"}}\n",
+            n % 60,
+            (n / 60) % 60,
+            n % 1000,
+            SERVICES[(x >> 20) as usize % SERVICES.len()],
+            EVENTS[(x >> 24) as usize % EVENTS.len()],
+            100_000 + n,
+            x >> 40 & 0xffff,
+            1 + (x >> 32) % 9,
+            (x >> 8) % 500,
+            (x >> 16) % 100,
+        ));
+    }
+    let mut bytes = out.into_bytes();
+    bytes.truncate(size);
+    bytes
 }
 
 /// The client handler in latency mode: every echo carries its send time.

@@ -91,6 +91,10 @@ struct RunArgs {
     tls: bool,
     #[command(flatten)]
     tls_files: TlsArgs,
+    /// What the payload bytes are (throughput mode): `fill`, one byte repeated, or `text`,
+    /// JSON log records that LZ4 compresses to about half (for --lz4 runs).
+    #[arg(long, value_enum, default_value_t = client::Content::Fill)]
+    content: client::Content,
 }
 
 #[derive(Debug, clap::Args)]
@@ -281,6 +285,7 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
         batch_frames: !args.no_batch_frames,
         tls: tls.map(Arc::new),
         wire: args.tls_files.wire(),
+        content: args.content,
     };
     let result = client::run(&w, &target, args.publisher);
     if let Some((dir, _)) = &outbox {

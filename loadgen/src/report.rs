@@ -52,6 +52,15 @@ pub struct Report {
     /// plaintext stacks.
     #[serde(default)]
     pub tls: bool,
+    /// `--crc` as given (`null`: the engine's default, on without TLS).
+    #[serde(default)]
+    pub crc: Option<bool>,
+    /// Whether the engines offered LZ4 (`--lz4`).
+    #[serde(default)]
+    pub lz4: bool,
+    /// What the payload bytes were (`--content`); `null` for the baselines.
+    #[serde(default)]
+    pub content: Option<String>,
     /// Length of the measured window.
     pub duration_s: f64,
     pub warmup_s: f64,
@@ -425,6 +434,9 @@ impl Report {
             publisher: None,
             batch_frames: None,
             tls: false,
+            crc: None,
+            lz4: false,
+            content: None,
             duration_s: window.seconds(),
             warmup_s: w.warmup.as_secs_f64(),
             sent: counts.sent,

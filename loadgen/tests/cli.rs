@@ -461,3 +461,28 @@ fn serve_over_tls_answers_a_remote_run_with_openssl_certificates() {
     assert_eq!(seen["received"], sent);
     assert_eq!(seen["engine.tls_failures"], 0);
 }
+
+/// `--content text --lz4` halves the bytes on the wire; `--crc off` adds none; the report says
+/// which was asked for.
+#[test]
+fn lz4_and_crc_flags_reach_the_engines() {
+    let r = report(&["--size", "1024", "--content", "text", "--lz4"]);
+    assert_eq!(r["lz4"], true);
+    assert_eq!(r["content"], "text");
+    assert_eq!(r["crc"], Value::Null);
+    let (sent, wire) = (u(&r, "sent"), u(&r["engine"], "client.bytes_sent"));
+    assert!(sent > 0 && u(&r, "acked") == sent);
+    assert!(
+        wire < sent * 1024 * 6 / 10,
+        "{wire} bytes for {sent} messages"
+    );
+    let r = report(&["--size", "1024", "--content", "text", "--crc", "off"]);
+    assert_eq!(
+        (r["lz4"].clone(), r["crc"].clone()),
+        (false.into(), false.into())
+    );
+    let (sent, wire) = (u(&r, "sent"), u(&r["engine"], "client.bytes_sent"));
+    assert!(wire >= sent * 1024, "{wire} bytes for {sent} messages");
+    let out = loadgen(&["--crc", "maybe"]);
+    assert_eq!(out.status.code(), Some(2));
+}
