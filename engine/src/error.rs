@@ -51,6 +51,13 @@ pub enum Error {
     /// node dialed asked for a client certificate this node did not present (its TLS alert
     /// `certificate_required`). Give the node a certificate the peer's CA signed.
     MtlsRequired { reason: String },
+    /// The peer's outbound rate limit ([`Config::outbound_rate_limit`](crate::Config)) has no
+    /// token left: the payload is handed back; retry after `retry_after`, when the bucket will
+    /// have one (for a batch, enough for all of it; the payload is then empty).
+    RateLimited {
+        payload: Bytes,
+        retry_after: std::time::Duration,
+    },
     /// The operating system failed; `context` says what the engine was doing.
     Io { context: String, source: io::Error },
 }
@@ -108,6 +115,14 @@ impl fmt::Display for Error {
                 write!(f, "handshake with {peer} failed: {reason}")
             }
             Error::TlsRequired { reason } => write!(f, "TLS required: {reason}"),
+            Error::RateLimited {
+                payload,
+                retry_after,
+            } => write!(
+                f,
+                "rate limited; {} byte payload not accepted, retry after {retry_after:?}",
+                payload.len()
+            ),
             Error::MtlsRequired { reason } => write!(f, "mutual TLS required: {reason}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
         }

@@ -75,6 +75,8 @@ counters! {
     /// TLS connections closed on a TLS failure (a handshake that failed, a certificate that
     /// does not name the node id, a corrupt record).
     tls_failures,
+    /// Times reading from a peer was paused because it went over `inbound_rate_limit`.
+    rate_limit_pauses,
     /// Calls into the kernel to submit or wait (`io_uring_enter`).
     ring_enters,
     /// Event-loop turns.

@@ -10,7 +10,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use ringwire::{Config, NodeIdVerification, SecurityMode, TlsConfig};
+use ringwire::{Config, NodeIdVerification, RateLimit, SecurityMode, TlsConfig};
 
 /// The TLS flags of `run`, `serve` and `send`.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,6 +41,22 @@ pub struct TlsArgs {
     /// Offer LZ4 and compress payloads of at least 256 bytes for peers that offer it too.
     #[arg(long)]
     pub lz4: bool,
+    /// Messages each engine takes in per peer: `default` (bursts of 100, 50/s), `aggressive`
+    /// (50, 25/s), `permissive` (200, 100/s), `disabled` (the engine's default), or
+    /// `BURST/PER_SECOND`. A peer over it is slowed, never dropped.
+    #[arg(long, value_name = "LIMIT", value_parser = parse_rate_limit)]
+    pub rate_limit: Option<RateLimitArg>,
+}
+
+/// `--rate-limit`: a limit, or none.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitArg(pub Option<RateLimit>);
+
+fn parse_rate_limit(text: &str) -> Result<RateLimitArg, String> {
+    if text.eq_ignore_ascii_case("disabled") {
+        return Ok(RateLimitArg(None));
+    }
+    text.parse().map(|limit| RateLimitArg(Some(limit)))
 }
 
 fn parse_on_off(text: &str) -> Result<bool, String> {
@@ -57,6 +73,7 @@ pub struct Wire {
     pub mode: Option<SecurityMode>,
     pub crc: Option<bool>,
     pub lz4: bool,
+    pub inbound_rate_limit: Option<RateLimit>,
 }
 
 fn parse_mode(text: &str) -> Result<SecurityMode, String> {
@@ -89,6 +106,7 @@ impl Security {
         config.security_mode = self.wire.mode;
         config.crc = self.wire.crc;
         config.compression.enabled = self.wire.lz4;
+        config.inbound_rate_limit = self.wire.inbound_rate_limit;
     }
 }
 
@@ -99,6 +117,7 @@ impl TlsArgs {
             mode: self.security,
             crc: self.crc,
             lz4: self.lz4,
+            inbound_rate_limit: self.rate_limit.and_then(|limit| limit.0),
         }
     }
 }

@@ -486,3 +486,17 @@ fn lz4_and_crc_flags_reach_the_engines() {
     let out = loadgen(&["--crc", "maybe"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `--rate-limit` reaches the engines: the node pauses the client, and everything sent is
+/// still acknowledged.
+#[test]
+fn rate_limit_slows_the_client_and_loses_nothing() {
+    // Generous enough that the flood a 300 ms run queues (some 75,000 messages) drains quickly.
+    let r = report(&["--rate-limit", "1000/50000"]);
+    assert!(u(&r["engine"], "server.rate_limit_pauses") > 0, "{r}");
+    assert_eq!(u(&r, "acked"), u(&r, "sent"));
+    for bad in ["fast", "0/10"] {
+        let out = loadgen(&["--rate-limit", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+}

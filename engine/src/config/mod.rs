@@ -9,7 +9,7 @@ use crate::net::backoff::Backoff;
 use crate::proto::ack::AckPolicy;
 use crate::proto::frame::{BODY_LEN_MAX_DEFAULT, MSG_PREFIX_LEN, NODE_ID_LEN_MAX};
 use crate::proto::heartbeat::HeartbeatConfig;
-use crate::security::{NodeIdVerification, SecurityMode, TlsConfig};
+use crate::security::{NodeIdVerification, RateLimit, SecurityMode, TlsConfig};
 
 /// Every engine setting. Built by [`EngineBuilder`](crate::EngineBuilder); each field's doc
 /// gives its default.
@@ -105,6 +105,15 @@ pub struct Config {
     /// LZ4 compression of large payloads, offered in HELLO and used with peers that offer it
     /// too (default: off).
     pub compression: CompressionConfig,
+    /// Messages per peer this node takes in (default `None`: no limit; seed 002's presets are
+    /// [`RateLimit::DEFAULT`] and friends). A peer over its budget is slowed, never dropped:
+    /// the node stops reading from it until the bucket refills, and TCP pushes back on the
+    /// sender. Whole receive buffers are processed, so a pause lasts up to one buffer's worth
+    /// of messages at the peer's rate. See docs/security.md, "Rate limits".
+    pub inbound_rate_limit: Option<RateLimit>,
+    /// Messages per peer `publish` accepts (default `None`: no limit); beyond it `publish`
+    /// returns [`Error::RateLimited`] with the payload.
+    pub outbound_rate_limit: Option<RateLimit>,
     /// What the node accepts and dials (default `None`: [`SecurityMode::inferred`] from
     /// [`Config::tls`]). Set it to have [`Config::validate_security`] hold the configuration
     /// to a mode: `Strict` refuses to start without mutual TLS, say.
@@ -187,6 +196,8 @@ impl Config {
             security_mode: None,
             crc: None,
             compression: CompressionConfig::default(),
+            inbound_rate_limit: None,
+            outbound_rate_limit: None,
         }
     }
 
@@ -312,6 +323,12 @@ impl Config {
             }
         }
         self.check_security_mode()?;
+        for limit in [&self.inbound_rate_limit, &self.outbound_rate_limit]
+            .into_iter()
+            .flatten()
+        {
+            limit.validate().map_err(Error::InvalidConfig)?;
+        }
         self.backoff.validate()
     }
 }

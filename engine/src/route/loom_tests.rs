@@ -248,6 +248,7 @@ fn notify_model(publishers: &[&[u8]]) {
         mailbox: Arc::clone(&mailbox),
         published: CachePadded::default(),
         payload_len_max: AtomicU64::new(u64::MAX),
+        outbound_limit: None,
     });
     let threads: Vec<_> = publishers
         .iter()

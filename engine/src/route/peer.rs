@@ -1,6 +1,9 @@
 //! A peer: the [`Peer`] handle applications publish through, and the state it shares with the
 //! shard that owns the peer.
 
+use std::time::Instant;
+
+use crate::security::rate::TokenBucket;
 use std::fmt;
 use std::sync::Arc;
 
@@ -54,6 +57,25 @@ impl Peer {
 
     fn push(&self, payload: Bytes, confirm: Option<Arc<ConfirmSlot>>) -> Result<MessageId, Error> {
         self.check_accepting(payload.len())?;
+        let Some(limit) = &self.shared.outbound_limit else {
+            return self.push_admitted(payload, confirm);
+        };
+        if let Err(retry_after) = lock(limit).try_take(1, Instant::now()) {
+            return Err(Error::RateLimited {
+                payload,
+                retry_after,
+            });
+        }
+        // A message refused further on did not use its token.
+        self.push_admitted(payload, confirm)
+            .inspect_err(|_| lock(limit).refund(1))
+    }
+
+    fn push_admitted(
+        &self,
+        payload: Bytes,
+        confirm: Option<Arc<ConfirmSlot>>,
+    ) -> Result<MessageId, Error> {
         // From a `Handler` callback on the peer's own shard: staged, no queue (route/stage.rs),
         // while the peer holds fewer unacknowledged messages than its flow limit; beyond it the
         // queue takes over, and pushes back when it is full.
@@ -99,6 +121,24 @@ impl Peer {
         if payloads.is_empty() {
             return Ok(self.shared.next_id());
         }
+        let Some(limit) = &self.shared.outbound_limit else {
+            return self.publish_batch_admitted(payloads);
+        };
+        let count = payloads.len() as u64;
+        if let Err(retry_after) = lock(limit).try_take(count, Instant::now()) {
+            return Err(Error::RateLimited {
+                payload: Bytes::new(),
+                retry_after,
+            });
+        }
+        // Messages refused further on (with an outbox, the tail of the batch) did not use
+        // their tokens.
+        self.publish_batch_admitted(payloads).inspect_err(|_| {
+            lock(limit).refund(payloads.len() as u64);
+        })
+    }
+
+    fn publish_batch_admitted(&self, payloads: &mut Vec<Bytes>) -> Result<MessageId, Error> {
         let len_max = self.shared.queue.capacity();
         if payloads.len() as u64 > len_max {
             // It could never fit: not backpressure, which a retry would wait out forever.
@@ -212,6 +252,8 @@ pub(crate) struct PeerShared {
     /// The largest payload the peer accepts, from the `body_len_max` of its latest HELLO
     /// (`u64::MAX` until one arrived): `publish` refuses larger ones at once.
     pub payload_len_max: AtomicU64,
+    /// `Config::outbound_rate_limit`'s bucket for this peer, if there is one.
+    pub outbound_limit: Option<std::sync::Mutex<TokenBucket>>,
 }
 
 /// A peer's state as its shard last published it: relaxed, read-only outside the shard.
@@ -386,4 +428,9 @@ fn append_error(e: AppendError, payload: Bytes) -> Error {
         AppendError::Failed => Error::OutboxFailed,
         AppendError::Io(e) => Error::io("creating an outbox segment", e),
     }
+}
+
+/// Locks a rate limit's bucket; one poisoned by a panic elsewhere is still a valid bucket.
+fn lock(limit: &std::sync::Mutex<TokenBucket>) -> std::sync::MutexGuard<'_, TokenBucket> {
+    limit.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,5 +1,10 @@
 //! The engine-wide peer registry: node id to the peer's shared state.
 
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::security::RateLimit;
+use crate::security::rate::TokenBucket;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
@@ -42,6 +47,7 @@ impl Registry {
         node_id: &str,
         mailboxes: &[Arc<Mailbox>],
         queue_len: usize,
+        outbound_limit: Option<RateLimit>,
         outboxes: &[Arc<ShardOutbox>],
         count_max: Option<usize>,
     ) -> Option<Arc<PeerShared>> {
@@ -83,6 +89,8 @@ impl Registry {
                     mailbox: Arc::clone(&mailboxes[shard.0]),
                     published: CachePadded::default(),
                     payload_len_max: AtomicU64::new(u64::MAX),
+                    outbound_limit: outbound_limit
+                        .map(|limit| Mutex::new(TokenBucket::new(limit, Instant::now()))),
                     node_id,
                 })
             },

@@ -74,6 +74,7 @@ impl Router {
                 node_id,
                 &self.mailboxes,
                 self.config.peer_queue_len,
+                self.config.outbound_rate_limit,
                 &self.outboxes,
                 None,
             )
@@ -87,6 +88,7 @@ impl Router {
             node_id,
             &self.mailboxes,
             self.config.peer_queue_len,
+            self.config.outbound_rate_limit,
             &self.outboxes,
             Some(self.config.peers_max),
         )

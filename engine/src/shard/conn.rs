@@ -48,6 +48,8 @@ pub(crate) struct Conn {
     pub dirty: bool,
     /// The earliest timer queued for this connection.
     pub timer_at: Option<Instant>,
+    /// Reading is paused until then: the peer is over its inbound rate limit.
+    pub paused_until: Option<Instant>,
 }
 
 impl Conn {
@@ -65,6 +67,7 @@ impl Conn {
             shut: false,
             dirty: false,
             timer_at: None,
+            paused_until: None,
         }
     }
 

@@ -52,6 +52,11 @@ impl<'a> ShardEvents<'a> {
 
     /// Hands what these events acknowledged (the peer's new acknowledged seq and the record
     /// space freed) to the outbox's once-per-turn release.
+    /// Messages delivered on this shard so far (the `msgs_received` counter).
+    pub(super) fn received(&self) -> u64 {
+        self.counters.msgs_received
+    }
+
     pub(super) fn finish(self) {
         if let (Some(seq), Some(durable), Some(d)) =
             (self.acked, self.durable, &self.peer.shared.durable)

@@ -1,6 +1,7 @@
 //! A peer's shard-local state: its sessions, its connection, and draining its publish queue
 //! into its outbound session.
 
+use crate::security::rate::TokenBucket;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -53,6 +54,8 @@ pub(super) struct PeerState {
     /// The latest drain from the publish queue took messages of [`LARGE_PAYLOAD_LEN`] bytes
     /// or more on average: see [`send_budget`].
     pub(super) large_payloads: bool,
+    /// `Config::inbound_rate_limit`'s bucket for this peer, if there is one.
+    pub(super) inbound: Option<TokenBucket>,
 }
 
 impl PeerState {
@@ -93,6 +96,10 @@ impl State {
             touched: false,
             local_producer: false,
             large_payloads: false,
+            inbound: self
+                .config
+                .inbound_rate_limit
+                .map(|limit| TokenBucket::new(limit, self.now)),
         });
         self.peer_by_key.insert(shared.key, index);
         if self.peers[index].has_queued() {

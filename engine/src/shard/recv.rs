@@ -146,8 +146,26 @@ impl State {
                 // Publishes from the handler's callbacks to peers of this shard are staged and
                 // encoded right after (route/stage.rs).
                 stage::open(self.id, std::mem::take(&mut self.staged));
+                let received_before = events.received();
                 let result = proto.handle_bytes(&mut ps.sessions, data, now, &mut events);
+                let received = events.received() - received_before;
                 events.finish();
+                // Over its inbound rate limit, the peer is not read from until the debt is paid
+                // back; everything received so far was processed, so nothing is lost.
+                if let Some(bucket) = &mut ps.inbound
+                    && let Some(wait) = bucket.charge(received, now)
+                {
+                    let at = now + wait;
+                    conn.paused_until = Some(at);
+                    self.counters.rate_limit_pauses += 1;
+                    self.timers.push(std::cmp::Reverse((
+                        at,
+                        super::timer::Timer::Resume {
+                            index,
+                            generation: conn.generation,
+                        },
+                    )));
+                }
                 staged = Some(stage::close());
                 ps.shared
                     .published

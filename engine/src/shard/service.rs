@@ -43,10 +43,13 @@ impl Shard {
             self.push(&entry);
         }
         let conn = &mut self.st.conns[index];
-        if conn.recv.is_due() && !conn.shut {
+        if conn.recv.is_due() && !conn.shut && conn.paused_until.is_none() {
             // One HELLO at most may arrive before the shard decides who owns the socket; a
-            // single-shot receive leaves nothing in flight when it is handed over.
-            let single_shot = matches!(conn.phase, Phase::Accepting(_));
+            // single-shot receive leaves nothing in flight when it is handed over. Under an
+            // inbound rate limit every receive is single-shot, so that reading stops where the
+            // limit says.
+            let single_shot = matches!(conn.phase, Phase::Accepting(_))
+                || self.st.config.inbound_rate_limit.is_some();
             let entry = conn
                 .recv
                 .submit(fd, self.bufs.group, single_shot)

@@ -122,7 +122,8 @@ impl LocalCtx<'_> {
     fn fast_path(&mut self, peer: &Peer, len: usize) -> Result<Option<PeerIndex>, Error> {
         let st = &mut *self.st;
         let shared = &peer.shared;
-        if shared.shard != st.id || shared.durable.is_some() {
+        // A rate-limited peer takes the queue's path, where `Peer::publish` charges its bucket.
+        if shared.shard != st.id || shared.durable.is_some() || shared.outbound_limit.is_some() {
             return Ok(None);
         }
         if peer.router.closing.load(Ordering::Relaxed) {

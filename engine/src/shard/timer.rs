@@ -22,6 +22,11 @@ pub(super) enum Timer {
     },
     /// Look for unacknowledged messages older than the session buffer window.
     Window,
+    /// Read again from a connection paused for its peer's inbound rate limit.
+    Resume {
+        index: ConnId,
+        generation: u32,
+    },
 }
 
 impl State {
@@ -75,6 +80,15 @@ impl State {
                     }
                     ps.redial_at = None;
                     self.start_dial(peer);
+                }
+                Timer::Resume { index, generation } => {
+                    if let Some(conn) = self.conns.get_mut(index)
+                        && conn.generation == generation
+                        && conn.paused_until == Some(at)
+                    {
+                        conn.paused_until = None;
+                        self.mark_dirty(index);
+                    }
                 }
                 Timer::Window => {
                     if self.window_timer == Some(at) {
