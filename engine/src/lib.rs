@@ -92,7 +92,7 @@ pub use crate::route::confirm::Confirm;
 pub use crate::route::handler::{Discard, Handler};
 pub use crate::route::peer::Peer;
 pub use crate::route::source::{Published, ShardCtx, Source, SourcePoll};
-pub use crate::security::{NodeIdVerification, RateLimit, SecurityMode, TlsConfig};
+pub use crate::security::{AuthToken, NodeIdVerification, RateLimit, SecurityMode, TlsConfig};
 
 /// Internal types for the criterion benches in `bench/`, behind the `internals` feature; not
 /// supported API (see the module's own docs).

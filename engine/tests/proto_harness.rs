@@ -130,6 +130,7 @@ impl World {
                 batch: true,
                 crc: crc[index],
                 lz4_min_size: lz4[index],
+                auth: None,
                 handshake_timeout: Duration::from_secs(5),
                 heartbeat,
                 ack,

@@ -88,6 +88,7 @@ fn drive(hello: &HelloInfo, rest: &[u8], selector: u8, t0: Instant) {
         batch: true,
         crc: true,
         lz4_min_size: Some(256),
+        auth: None,
         handshake_timeout: HANDSHAKE_TIMEOUT,
         heartbeat: HeartbeatConfig::default(),
         ack: AckPolicy::default(),

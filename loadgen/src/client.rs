@@ -64,7 +64,7 @@ impl Content {
 
 /// The TLS settings and security mode of the run's engine `node_id`.
 pub fn security_for(target: &Target, node_id: &str) -> Result<Security, String> {
-    Security::new(target.tls.as_deref(), target.wire, node_id)
+    Security::new(target.tls.as_deref(), target.wire.clone(), node_id)
 }
 
 /// Runs the workload and returns its report.

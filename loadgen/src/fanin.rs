@@ -174,6 +174,7 @@ impl Driver {
                 batch: true,
                 crc: false,
                 lz4_min_size: None,
+                auth: None,
                 handshake_timeout: CONNECT_TIMEOUT,
                 heartbeat: HeartbeatConfig::default(),
                 ack: AckPolicy::default(),

@@ -284,7 +284,7 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
         outbox: outbox.clone(),
         batch_frames: !args.no_batch_frames,
         tls: tls.map(Arc::new),
-        wire: args.tls_files.wire(),
+        wire: args.tls_files.wire().map_err(Failure::Run)?,
         content: args.content,
     };
     let result = client::run(&w, &target, args.publisher);
@@ -320,8 +320,12 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     // only `sigwait` below sees SIGINT and SIGTERM.
     let signals = block_signals();
     let sink = Arc::new(Sink::default());
-    let security = Security::new(args.tls.tls().as_ref(), args.tls.wire(), &args.node_id)
-        .map_err(Failure::Run)?;
+    let security = Security::new(
+        args.tls.tls().as_ref(),
+        args.tls.wire().map_err(Failure::Run)?,
+        &args.node_id,
+    )
+    .map_err(Failure::Run)?;
     let options = NodeOptions {
         node_id: args.node_id.clone(),
         listen: args.listen,
@@ -427,8 +431,12 @@ fn send(args: &SendArgs) -> Result<(), Failure> {
         sync,
         wait_for_space: args.wait_for_space,
         timeout,
-        security: Security::new(args.tls.tls().as_ref(), args.tls.wire(), &args.node_id)
-            .map_err(Failure::Run)?,
+        security: Security::new(
+            args.tls.tls().as_ref(),
+            args.tls.wire().map_err(Failure::Run)?,
+            &args.node_id,
+        )
+        .map_err(Failure::Run)?,
     };
     let summary = durable::send(&options).map_err(Failure::Run)?;
     println!("{summary}");

@@ -10,7 +10,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use ringwire::{Config, NodeIdVerification, RateLimit, SecurityMode, TlsConfig};
+use ringwire::{AuthToken, Config, NodeIdVerification, RateLimit, SecurityMode, TlsConfig};
 
 /// The TLS flags of `run`, `serve` and `send`.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,6 +46,10 @@ pub struct TlsArgs {
     /// `BURST/PER_SECOND`. A peer over it is slowed, never dropped.
     #[arg(long, value_name = "LIMIT", value_parser = parse_rate_limit)]
     pub rate_limit: Option<RateLimitArg>,
+    /// A file holding the cluster's shared secret (at least 16 bytes; a trailing newline is
+    /// dropped): every engine requires the peers it talks to to prove they hold it (AUTH).
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 /// `--rate-limit`: a limit, or none.
@@ -68,12 +72,13 @@ fn parse_on_off(text: &str) -> Result<bool, String> {
 }
 
 /// The wire settings beside TLS: security mode, checksums, compression.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Wire {
     pub mode: Option<SecurityMode>,
     pub crc: Option<bool>,
     pub lz4: bool,
     pub inbound_rate_limit: Option<RateLimit>,
+    pub auth_token: Option<AuthToken>,
 }
 
 fn parse_mode(text: &str) -> Result<SecurityMode, String> {
@@ -107,18 +112,32 @@ impl Security {
         config.crc = self.wire.crc;
         config.compression.enabled = self.wire.lz4;
         config.inbound_rate_limit = self.wire.inbound_rate_limit;
+        config.auth_token = self.wire.auth_token;
     }
 }
 
 impl TlsArgs {
     /// The wire settings the flags ask for.
-    pub fn wire(&self) -> Wire {
-        Wire {
+    ///
+    /// # Errors
+    ///
+    /// The `--auth-token-file` cannot be read.
+    pub fn wire(&self) -> Result<Wire, String> {
+        let auth_token = self
+            .auth_token_file
+            .as_ref()
+            .map(|path| {
+                AuthToken::from_file(path)
+                    .map_err(|e| format!("reading --auth-token-file {}: {e}", path.display()))
+            })
+            .transpose()?;
+        Ok(Wire {
+            auth_token,
             mode: self.security,
             crc: self.crc,
             lz4: self.lz4,
             inbound_rate_limit: self.rate_limit.and_then(|limit| limit.0),
-        }
+        })
     }
 }
 

@@ -500,3 +500,28 @@ fn rate_limit_slows_the_client_and_loses_nothing() {
         assert_eq!(out.status.code(), Some(2), "{bad}");
     }
 }
+
+/// `--auth-token-file`: engines holding the same secret run as usual; a file that is missing or
+/// holds too short a secret fails the run before it starts.
+#[test]
+fn auth_token_file_reaches_the_engines() {
+    let dir = std::env::temp_dir().join(format!("loadgen-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("token");
+    std::fs::write(&good, "a cluster secret of 32 bytes!!!!\n").unwrap();
+    let r = report(&["--auth-token-file", good.to_str().unwrap()]);
+    assert!(u(&r, "sent") > 0);
+    assert_eq!(u(&r, "acked"), u(&r, "sent"));
+    let short = dir.join("short");
+    std::fs::write(&short, "tiny").unwrap();
+    for (path, needle) in [
+        (short.to_str().unwrap(), "at least 16"),
+        ("/nonexistent/token", "/nonexistent/token"),
+    ] {
+        let out = loadgen(&["--duration", "300ms", "--auth-token-file", path]);
+        assert_eq!(out.status.code(), Some(1), "{path}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{path}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -58,6 +58,7 @@ fn main() -> std::io::Result<()> {
             batch: true,
             crc: false,
             lz4_min_size: None,
+            auth: None,
             handshake_timeout: Duration::from_secs(30),
             heartbeat: HeartbeatConfig::default(),
             ack: AckPolicy::default(),

@@ -9,7 +9,7 @@ use crate::net::backoff::Backoff;
 use crate::proto::ack::AckPolicy;
 use crate::proto::frame::{BODY_LEN_MAX_DEFAULT, MSG_PREFIX_LEN, NODE_ID_LEN_MAX};
 use crate::proto::heartbeat::HeartbeatConfig;
-use crate::security::{NodeIdVerification, RateLimit, SecurityMode, TlsConfig};
+use crate::security::{AuthToken, NodeIdVerification, RateLimit, SecurityMode, TlsConfig};
 
 /// Every engine setting. Built by [`EngineBuilder`](crate::EngineBuilder); each field's doc
 /// gives its default.
@@ -105,6 +105,12 @@ pub struct Config {
     /// LZ4 compression of large payloads, offered in HELLO and used with peers that offer it
     /// too (default: off).
     pub compression: CompressionConfig,
+    /// A shared secret (seed 000's `AuthenticationToken`; default `None`). Set, the node
+    /// requires every dialer to prove it holds the same secret before it keeps any state for
+    /// it, and proves it back, by HMAC-SHA256 over nonces from both sides (docs/protocol.md,
+    /// "AUTH"); it requires the same of every node it dials. In any mode but `Legacy`; with
+    /// TLS it authenticates nodes in addition to their certificates.
+    pub auth_token: Option<AuthToken>,
     /// Messages per peer this node takes in (default `None`: no limit; seed 002's presets are
     /// [`RateLimit::DEFAULT`] and friends). A peer over its budget is slowed, never dropped:
     /// the node stops reading from it until the bucket refills, and TCP pushes back on the
@@ -198,6 +204,7 @@ impl Config {
             compression: CompressionConfig::default(),
             inbound_rate_limit: None,
             outbound_rate_limit: None,
+            auth_token: None,
         }
     }
 
@@ -259,6 +266,21 @@ impl Config {
                         .to_owned(),
                 ))
             }
+            _ if self
+                .auth_token
+                .as_ref()
+                .is_some_and(|t| t.len() < AuthToken::LEN_MIN) =>
+            {
+                Err(Error::InvalidConfig(format!(
+                    "auth_token must be at least {} bytes: a shorter one can be guessed",
+                    AuthToken::LEN_MIN
+                )))
+            }
+            (SecurityMode::Legacy, _) if self.auth_token.is_some() => Err(Error::InvalidConfig(
+                "legacy mode talks to builds without AUTH: remove auth_token, or use \
+                     development mode"
+                    .to_owned(),
+            )),
             (SecurityMode::Development | SecurityMode::Legacy, Some(_)) => {
                 Err(Error::InvalidConfig(format!(
                     "{mode} mode is plaintext, and would ignore the TLS configuration: use \

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::proto::ack::{AckPolicy, AckState};
+use crate::proto::auth::{AuthMessage, Authenticator, NONCE_LEN, Prover, transcript};
 use crate::proto::error::{GoAwayReason, ProtocolError};
 use crate::proto::frame::{
-    self, CAP_BATCH, CAP_CRC, CAP_LZ4, Decoder, FLAG_CRC, FLAG_LZ4, Frame, Hello, Seq, SessionId,
+    self, CAP_AUTH, CAP_BATCH, CAP_CRC, CAP_LZ4, Decoder, FLAG_CRC, FLAG_LZ4, Frame, Hello, Seq,
+    SessionId,
 };
 use crate::proto::handshake::HelloInfo;
 use crate::proto::heartbeat::{Heartbeat, HeartbeatConfig};
@@ -36,6 +38,10 @@ pub struct ConnectionConfig {
     /// Whether this node offers LZ4 ([`CAP_LZ4`]), and the smallest payload it compresses for
     /// a peer that offers it too.
     pub lz4_min_size: Option<usize>,
+    /// The shared secret's MAC, if this node takes part in AUTH ([`CAP_AUTH`]): a dialer proves
+    /// it to every node it dials and requires the same of them; an acceptor requires it of
+    /// every dialer (see [`Accepting::with_auth`](crate::proto::handshake::Accepting)).
+    pub auth: Option<Arc<dyn Authenticator>>,
     /// How long a connection may take to exchange HELLOs.
     pub handshake_timeout: Duration,
     pub heartbeat: HeartbeatConfig,
@@ -65,6 +71,9 @@ impl ConnectionConfig {
         }
         if self.lz4_min_size.is_some() {
             caps |= CAP_LZ4;
+        }
+        if self.auth.is_some() {
+            caps |= CAP_AUTH;
         }
         caps
     }
@@ -139,6 +148,17 @@ struct Core {
     pending: Vec<u8>,
     /// The node id a dialer expects to answer.
     expected_peer: Option<Box<str>>,
+    /// A dialer's side of the AUTH exchange.
+    dial_auth: DialAuth,
+}
+
+/// Where a dialer stands in the AUTH exchange.
+#[derive(Debug, Clone, Copy, Default)]
+struct DialAuth {
+    /// The acceptor's challenge and the nonce this side answered with.
+    nonces: Option<([u8; NONCE_LEN], [u8; NONCE_LEN])>,
+    /// The acceptor proved the secret.
+    proven: bool,
 }
 
 #[derive(Debug)]
@@ -162,8 +182,14 @@ struct Established {
 const SCRATCH_KEEP_MAX: usize = 1 << 20;
 
 /// Decompresses message `seq`'s block into `scratch`: `raw_len` bytes, at most `len_max`
-/// (checked before anything is allocated), matching `checksum` if there is one.
-fn decompress<'s>(
+/// (checked before anything is allocated), matching `checksum` if there is one. What an
+/// established connection does with a [`Frame::MsgLz4`]; public for the fuzz targets.
+///
+/// # Errors
+///
+/// [`ProtocolError::Compression`] for a block that is too large, malformed, truncated or of
+/// another length than announced; [`ProtocolError::ChecksumMismatch`].
+pub fn decompress<'s>(
     scratch: &'s mut Vec<u8>,
     seq: Seq,
     raw_len: u32,
@@ -209,6 +235,7 @@ impl Connection {
             config,
             pending: Vec::new(),
             expected_peer: Some(expected_peer.into()),
+            dial_auth: DialAuth::default(),
         };
         core.queue_hello(sessions);
         Connection {
@@ -239,7 +266,25 @@ impl Connection {
             config,
             pending: Vec::new(),
             expected_peer: None,
+            dial_auth: DialAuth::default(),
         };
+        // With AUTH, the dialer proved the secret to `Accepting`; the acceptor proves it back,
+        // before its HELLO, over the same nonces.
+        if let Some(auth) = &core.config.auth {
+            let Some(nonces) = hello.auth else {
+                return Err(ProtocolError::Unauthenticated(
+                    "the dialer did not go through the AUTH exchange",
+                ));
+            };
+            let proof = auth.prove(&transcript(
+                Prover::Acceptor,
+                &nonces.nonce_a,
+                &nonces.nonce_d,
+                &hello.node_id,
+                &core.config.node_id,
+            ));
+            AuthMessage::Proof { proof }.encode(&mut core.pending);
+        }
         core.establish(hello, sessions, now, events)?;
         core.queue_hello(sessions);
         Ok(Connection {
@@ -457,8 +502,14 @@ impl Core {
                     if self.expected_peer.as_deref() != Some(hello.node_id) {
                         return Err(ProtocolError::WrongPeer);
                     }
+                    if self.config.auth.is_some() && !self.dial_auth.proven {
+                        return Err(ProtocolError::Unauthenticated(
+                            "the peer answered without proving the shared secret",
+                        ));
+                    }
                     self.establish(&HelloInfo::from(&hello), sessions, now, events)
                 }
+                Frame::Auth { body } => self.handle_auth(AuthMessage::parse(body)?),
                 Frame::GoAway {
                     reason,
                     retry_after_ms,
@@ -577,6 +628,51 @@ impl Core {
         }
     }
 
+    /// A dialer's step of the AUTH exchange.
+    fn handle_auth(&mut self, message: AuthMessage) -> Result<(), ProtocolError> {
+        let Some(auth) = self.config.auth.clone() else {
+            return Err(ProtocolError::Unauthenticated(
+                "the peer requires AUTH, and this node has no shared secret",
+            ));
+        };
+        let peer = self.expected_peer.as_deref().unwrap_or_default();
+        match (message, self.dial_auth.nonces) {
+            (AuthMessage::Challenge { nonce_a }, None) => {
+                let nonce_d = auth.nonce();
+                let proof = auth.prove(&transcript(
+                    Prover::Dialer,
+                    &nonce_a,
+                    &nonce_d,
+                    &self.config.node_id,
+                    peer,
+                ));
+                self.dial_auth.nonces = Some((nonce_a, nonce_d));
+                AuthMessage::Response { nonce_d, proof }.encode(&mut self.pending);
+                Ok(())
+            }
+            (AuthMessage::Proof { proof }, Some((nonce_a, nonce_d))) if !self.dial_auth.proven => {
+                let transcript = transcript(
+                    Prover::Acceptor,
+                    &nonce_a,
+                    &nonce_d,
+                    &self.config.node_id,
+                    peer,
+                );
+                if !auth.verify(&transcript, &proof) {
+                    return Err(ProtocolError::Unauthenticated(
+                        "the peer's AUTH proof does not verify",
+                    ));
+                }
+                self.dial_auth.proven = true;
+                Ok(())
+            }
+            _ => Err(ProtocolError::UnexpectedFrame {
+                kind: frame::Kind::Auth,
+                state: "awaiting hello, out of the AUTH exchange's order",
+            }),
+        }
+    }
+
     /// A received CLOSE or GOAWAY ends the connection: acknowledge what was delivered before
     /// it, so the sender learns it now, whatever the ACK policy's timing would have said.
     fn ack_before_close(e: &mut Established, sessions: &Sessions, pending: &mut Vec<u8>) {
@@ -656,7 +752,7 @@ mod tests {
 
     use super::*;
     use crate::proto::frame::{BODY_LEN_MAX_DEFAULT, Kind};
-    use crate::proto::handshake::Accepting;
+    use crate::proto::handshake::{AcceptAuth, Accepting};
 
     #[derive(Default)]
     struct Log {
@@ -686,6 +782,7 @@ mod tests {
             batch,
             crc: false,
             lz4_min_size: None,
+            auth: None,
             handshake_timeout: Duration::from_secs(5),
             heartbeat: HeartbeatConfig::default(),
             ack: AckPolicy::default(),
@@ -940,5 +1037,145 @@ mod tests {
         // Decompressed fine, but not what was checksummed.
         let err = decompress(&mut scratch, seq, 4000, &block, Some(crc ^ 1), 1 << 20);
         assert_eq!(err, Err(ProtocolError::ChecksumMismatch { seq: 3 }));
+    }
+
+    fn config_auth(node: &str, t0: Instant, token: Option<&str>) -> Arc<ConnectionConfig> {
+        let mut config = (*config(node, t0)).clone();
+        config.auth = token.map(|t| {
+            Arc::new(crate::security::auth::HmacAuth::new(
+                &crate::security::AuthToken::new(t),
+            )) as Arc<dyn Authenticator>
+        });
+        Arc::new(config)
+    }
+
+    /// Runs the AUTH exchange between a dialer "a" holding `dialer_token` and an acceptor "b"
+    /// holding `acceptor_token`, as far as it goes; returns the first error and whether the
+    /// acceptor let the HELLO through.
+    fn auth_exchange(
+        dialer_token: Option<&str>,
+        acceptor_token: &str,
+    ) -> (Result<(), ProtocolError>, bool) {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (
+            Sessions::new(SessionId(Uuid::from_u128(1))),
+            Sessions::new(SessionId(Uuid::from_u128(2))),
+        );
+        let mut log = Log::default();
+        let b_config = config_auth("b", t0, Some(acceptor_token));
+        let mut dialer = Connection::dial(config_auth("a", t0, dialer_token), "b", &a, t0);
+        let mut acc = Accepting::with_auth(
+            t0 + Duration::from_secs(5),
+            AcceptAuth {
+                authenticator: b_config.auth.clone().unwrap(),
+                node_id: b_config.node_id.clone(),
+            },
+        );
+        // HELLO → challenge → response (or refusal) → proof + HELLO.
+        let hello = transmit(&mut dialer, &mut a, t0);
+        if let Err(e) = acc.handle_bytes(&hello) {
+            return (Err(e), false);
+        }
+        let challenge = acc.take_transmit();
+        assert!(!challenge.is_empty(), "a challenge");
+        if let Err(e) = dialer.handle_bytes(&mut a, &challenge, t0, &mut log) {
+            return (Err(e), false);
+        }
+        let response = transmit(&mut dialer, &mut a, t0);
+        let info = match acc.handle_bytes(&response) {
+            Ok(Some(info)) => info,
+            Ok(None) => panic!("the response was complete"),
+            Err(e) => return (Err(e), false),
+        };
+        let mut acceptor = Connection::accept(b_config, &info, &mut b, t0, &mut log).unwrap();
+        let reply = transmit(&mut acceptor, &mut b, t0);
+        let result = dialer.handle_bytes(&mut a, &reply, t0, &mut log);
+        assert_eq!(result.is_ok(), dialer.is_established());
+        (result, true)
+    }
+
+    #[test]
+    fn auth_admits_only_holders_of_the_secret() {
+        let secret = "a shared secret of some length";
+        assert_eq!(auth_exchange(Some(secret), secret), (Ok(()), true));
+        // The wrong secret: refused before the acceptor lets the HELLO through.
+        let (result, through) = auth_exchange(Some("another secret entirely"), secret);
+        assert!(
+            matches!(result, Err(ProtocolError::Unauthenticated(_))),
+            "{result:?}"
+        );
+        assert!(!through);
+        // No secret: the HELLO does not offer AUTH, refused at once.
+        let (result, through) = auth_exchange(None, secret);
+        assert!(
+            matches!(result, Err(ProtocolError::Unauthenticated(_))),
+            "{result:?}"
+        );
+        assert!(!through);
+    }
+
+    #[test]
+    fn a_recorded_response_does_not_pass_a_new_challenge() {
+        let t0 = Instant::now();
+        let secret = "a shared secret of some length";
+        let b_config = config_auth("b", t0, Some(secret));
+        let accepting = || {
+            Accepting::with_auth(
+                t0 + Duration::from_secs(5),
+                AcceptAuth {
+                    authenticator: b_config.auth.clone().unwrap(),
+                    node_id: b_config.node_id.clone(),
+                },
+            )
+        };
+        // A real exchange, recorded.
+        let mut a = Sessions::new(SessionId(Uuid::from_u128(1)));
+        let mut dialer = Connection::dial(config_auth("a", t0, Some(secret)), "b", &a, t0);
+        let hello = transmit(&mut dialer, &mut a, t0);
+        let mut acc = accepting();
+        acc.handle_bytes(&hello).unwrap();
+        let challenge = acc.take_transmit();
+        dialer
+            .handle_bytes(&mut a, &challenge, t0, &mut Log::default())
+            .unwrap();
+        let response = transmit(&mut dialer, &mut a, t0);
+        assert!(acc.handle_bytes(&response).unwrap().is_some());
+        // Replayed by someone without the secret to a new connection: a new challenge, and
+        // the old response fails it.
+        let mut replayed = accepting();
+        assert!(replayed.handle_bytes(&hello).unwrap().is_none());
+        assert_ne!(replayed.take_transmit(), challenge, "a fresh nonce");
+        assert_eq!(
+            replayed.handle_bytes(&response),
+            Err(ProtocolError::Unauthenticated(
+                "the dialer's AUTH proof does not verify"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_dialer_with_a_secret_refuses_an_acceptor_without_one() {
+        let t0 = Instant::now();
+        let mut a = Sessions::new(SessionId(Uuid::from_u128(1)));
+        let mut b = Sessions::new(SessionId(Uuid::from_u128(2)));
+        let mut log = Log::default();
+        let mut dialer = Connection::dial(
+            config_auth("a", t0, Some("s3cret s3cret s3cret")),
+            "b",
+            &a,
+            t0,
+        );
+        let hello = transmit(&mut dialer, &mut a, t0);
+        let mut acc = Accepting::new(t0 + Duration::from_secs(5));
+        let info = acc.handle_bytes(&hello).unwrap().unwrap();
+        let mut acceptor =
+            Connection::accept(config("b", t0), &info, &mut b, t0, &mut log).unwrap();
+        let reply = transmit(&mut acceptor, &mut b, t0);
+        let result = dialer.handle_bytes(&mut a, &reply, t0, &mut log);
+        assert!(
+            matches!(result, Err(ProtocolError::Unauthenticated(_))),
+            "{result:?}"
+        );
+        assert!(!dialer.is_established());
     }
 }

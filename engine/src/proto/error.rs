@@ -48,6 +48,9 @@ pub enum ProtocolError {
     /// Message `seq`'s LZ4 block is malformed, or decompresses to more than the receiver
     /// accepts or to another length than announced (seed 002's `Compression` error).
     Compression { seq: u64, what: &'static str },
+    /// The AUTH exchange failed (docs/protocol.md, "AUTH"): the peer does not hold the shared
+    /// secret, or does not take part in the exchange a side requires.
+    Unauthenticated(&'static str),
 }
 
 impl ProtocolError {
@@ -65,6 +68,7 @@ impl ProtocolError {
             Self::HandshakeTimeout => GoAwayReason::HandshakeTimeout,
             Self::IdleTimeout => GoAwayReason::IdleTimeout,
             Self::ChecksumMismatch { .. } => GoAwayReason::ChecksumMismatch,
+            Self::Unauthenticated(_) => GoAwayReason::Unauthenticated,
             Self::Compression { .. } => GoAwayReason::Compression,
             Self::SequenceGap { .. } | Self::AckBeyondSent { .. } => GoAwayReason::SequenceError,
         }
@@ -107,6 +111,7 @@ impl fmt::Display for ProtocolError {
                 write!(f, "ack of {acked} beyond the last sent sequence {sent}")
             }
             Self::TruncatedFrame => f.write_str("stream ended inside a frame"),
+            Self::Unauthenticated(what) => write!(f, "AUTH failed: {what}"),
             Self::ChecksumMismatch { seq } => {
                 write!(f, "message {seq} does not match its CRC32C")
             }

@@ -46,6 +46,9 @@ pub const CAP_BATCH: u32 = 0b1;
 pub const CAP_CRC: u32 = 0b10;
 /// HELLO capability bit 2: the sender accepts [`FLAG_LZ4`] frames.
 pub const CAP_LZ4: u32 = 0b100;
+/// HELLO capability bit 3: the sender holds a shared secret and takes part in the AUTH
+/// exchange (docs/protocol.md, "AUTH").
+pub const CAP_AUTH: u32 = 0b1000;
 /// Length of a MSG_BATCH body before its first entry (the first sequence number).
 pub const BATCH_PREFIX_LEN: usize = 8;
 /// Length of a MSG_BATCH entry before its payload (the payload's length).
@@ -251,9 +254,9 @@ pub fn is_plaintext_hello(bytes: &[u8]) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame<'a> {
     Hello(Hello<'a>),
-    /// A shared-secret token (checked by `security`, not by this version).
+    /// A step of the shared-secret exchange ([`crate::proto::auth::AuthMessage`]).
     Auth {
-        token: &'a [u8],
+        body: &'a [u8],
     },
     /// A heartbeat; `timestamp` is opaque to the receiver and echoed in PONG.
     Ping {
@@ -452,7 +455,7 @@ impl<'a> Frame<'a> {
                 if body.is_empty() || body.len() > AUTH_TOKEN_LEN_MAX {
                     return Err(malformed("token length out of range"));
                 }
-                Ok(Frame::Auth { token: body })
+                Ok(Frame::Auth { body })
             }
             Kind::Ping | Kind::Pong => {
                 let timestamp = u64_exact(body).ok_or(malformed("body is not 8 bytes"))?;
@@ -587,9 +590,9 @@ impl<'a> Frame<'a> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match *self {
             Frame::Hello(ref hello) => encode_hello(hello, out),
-            Frame::Auth { token } => {
-                header(Kind::Auth, token.len()).encode(out);
-                out.extend_from_slice(token);
+            Frame::Auth { body } => {
+                header(Kind::Auth, body.len()).encode(out);
+                out.extend_from_slice(body);
             }
             Frame::Ping { timestamp } => encode_u64(Kind::Ping, timestamp, out),
             Frame::Pong { timestamp } => encode_u64(Kind::Pong, timestamp, out),
@@ -1006,7 +1009,7 @@ mod tests {
     fn all_frames() -> Vec<Frame<'static>> {
         vec![
             Frame::Hello(hello()),
-            Frame::Auth { token: b"secret" },
+            Frame::Auth { body: b"secret" },
             Frame::Ping { timestamp: 42 },
             Frame::Pong { timestamp: 43 },
             Frame::Msg {

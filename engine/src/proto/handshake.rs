@@ -7,10 +7,14 @@
 //! shard, and [`Connection::accept`](crate::proto::Connection::accept) answers it. Because
 //! nothing may follow the HELLO, handing the socket to another shard never strands bytes.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::proto::auth::{AuthMessage, AuthNonces, Authenticator, NONCE_LEN, Prover, transcript};
 use crate::proto::error::ProtocolError;
-use crate::proto::frame::{Decoder, Frame, HELLO_BODY_LEN_MAX, Hello, Kind, Seq, SessionId};
+use crate::proto::frame::{
+    CAP_AUTH, Decoder, Frame, HELLO_BODY_LEN_MAX, Hello, Kind, Seq, SessionId,
+};
 
 /// An owned copy of a peer's HELLO.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +26,9 @@ pub struct HelloInfo {
     pub rx_session: SessionId,
     pub rx_delivered: Seq,
     pub node_id: String,
+    /// The nonces of the AUTH exchange the dialer passed, if the acceptor required one: the
+    /// acceptor's own proof, sent before its HELLO, is computed over them.
+    pub auth: Option<AuthNonces>,
 }
 
 impl From<&Hello<'_>> for HelloInfo {
@@ -34,19 +41,37 @@ impl From<&Hello<'_>> for HelloInfo {
             rx_session: h.rx_session,
             rx_delivered: h.rx_delivered,
             node_id: h.node_id.to_owned(),
+            auth: None,
         }
     }
 }
 
-/// An accepted connection waiting for the dialer's HELLO.
+/// What an acceptor that requires AUTH needs: the MAC, and its own node id for the transcript.
+#[derive(Debug, Clone)]
+pub struct AcceptAuth {
+    pub authenticator: Arc<dyn Authenticator>,
+    pub node_id: Arc<str>,
+}
+
+/// An accepted connection waiting for the dialer's HELLO (and, if AUTH is required, for the
+/// dialer's proof).
 ///
-/// Call [`Accepting::handle_bytes`] with everything received until it returns the HELLO, and
+/// Call [`Accepting::handle_bytes`] with everything received until it returns the HELLO, send
+/// what [`Accepting::take_transmit`] returns after each call, and call
 /// [`Accepting::handle_timeout`] when [`Accepting::deadline`] passes.
 #[derive(Debug)]
 pub struct Accepting {
     decoder: Decoder,
     deadline: Instant,
+    auth: Option<AcceptAuth>,
+    /// The HELLO, once read; with AUTH, it waits here for the dialer's proof.
     hello: Option<HelloInfo>,
+    /// The challenge sent, once the HELLO asked for AUTH.
+    nonce_a: Option<[u8; NONCE_LEN]>,
+    /// Whether the HELLO (and proof) were handed out: nothing more may arrive.
+    done: bool,
+    /// Frames for the dialer (the AUTH challenge).
+    transmit: Vec<u8>,
     /// The first error; every later call returns it again.
     failed: Option<ProtocolError>,
 }
@@ -61,17 +86,32 @@ impl Accepting {
         Accepting {
             decoder: Decoder::new(HELLO_BODY_LEN_MAX),
             deadline,
+            auth: None,
             hello: None,
+            nonce_a: None,
+            done: false,
+            transmit: Vec::new(),
             failed: None,
         }
     }
 
-    /// Feeds received bytes. Returns the HELLO once it is complete.
+    /// Like [`Accepting::new`], for a node that requires AUTH: the HELLO is handed out only
+    /// once the dialer has proven the shared secret; a dialer that does not offer AUTH is
+    /// refused ([`ProtocolError::Unauthenticated`]).
+    pub fn with_auth(deadline: Instant, auth: AcceptAuth) -> Accepting {
+        Accepting {
+            auth: Some(auth),
+            ..Accepting::new(deadline)
+        }
+    }
+
+    /// Feeds received bytes. Returns the HELLO once it is complete (and proven, with AUTH).
     ///
     /// # Errors
     ///
-    /// Any frame other than a first HELLO, or anything after it, is a [`ProtocolError`], as is
-    /// a HELLO that does not parse.
+    /// Any frame other than a first HELLO (and, with AUTH, one AUTH response after the
+    /// challenge), or anything after them, is a [`ProtocolError`], as is a HELLO that does not
+    /// parse or a proof that does not verify.
     pub fn handle_bytes(&mut self, data: &[u8]) -> Result<Option<HelloInfo>, ProtocolError> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
@@ -83,32 +123,90 @@ impl Accepting {
         result
     }
 
+    /// Frames due to the dialer (the AUTH challenge), if any.
+    pub fn take_transmit(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.transmit)
+    }
+
     fn decode(&mut self, data: &[u8]) -> Result<Option<HelloInfo>, ProtocolError> {
-        let hello = &mut self.hello;
-        self.decoder
-            .decode(data, |frame| match (frame, hello.is_some()) {
-                (Frame::Hello(h), false) => {
-                    *hello = Some(HelloInfo::from(&h));
+        let mut ready = None;
+        let Accepting {
+            decoder,
+            auth,
+            hello,
+            nonce_a,
+            done,
+            transmit,
+            ..
+        } = self;
+        decoder.decode(data, |frame| {
+            let unexpected = |state| ProtocolError::UnexpectedFrame {
+                kind: frame.kind(),
+                state,
+            };
+            if *done || ready.is_some() {
+                return Err(unexpected("awaiting the hello reply"));
+            }
+            match (frame, hello.is_some(), auth.as_ref()) {
+                (Frame::Hello(h), false, None) => {
+                    ready = Some(HelloInfo::from(&h));
                     Ok(())
                 }
-                (frame, answered) => Err(ProtocolError::UnexpectedFrame {
-                    kind: frame.kind(),
-                    state: if answered {
-                        "awaiting the hello reply"
-                    } else {
-                        "awaiting hello"
-                    },
-                }),
-            })?;
-        if self.hello.is_some() && self.decoder.has_partial() {
-            // Part of a second frame came with the HELLO: the dialer did not wait for the answer,
-            // and those bytes would be lost if the socket moved to another shard.
+                (Frame::Hello(h), false, Some(auth)) => {
+                    if h.caps & CAP_AUTH == 0 {
+                        return Err(ProtocolError::Unauthenticated(
+                            "this node requires AUTH, and the hello does not offer it",
+                        ));
+                    }
+                    *hello = Some(HelloInfo::from(&h));
+                    let nonce = auth.authenticator.nonce();
+                    *nonce_a = Some(nonce);
+                    AuthMessage::Challenge { nonce_a: nonce }.encode(transmit);
+                    Ok(())
+                }
+                (Frame::Auth { body }, true, Some(auth)) => {
+                    let AuthMessage::Response { nonce_d, proof } = AuthMessage::parse(body)? else {
+                        return Err(unexpected("awaiting the AUTH response"));
+                    };
+                    let mut info = hello.take().expect("the hello came first");
+                    let nonce_a = nonce_a.expect("a challenge was sent");
+                    let transcript = transcript(
+                        Prover::Dialer,
+                        &nonce_a,
+                        &nonce_d,
+                        &info.node_id,
+                        &auth.node_id,
+                    );
+                    if !auth.authenticator.verify(&transcript, &proof) {
+                        return Err(ProtocolError::Unauthenticated(
+                            "the dialer's AUTH proof does not verify",
+                        ));
+                    }
+                    info.auth = Some(AuthNonces { nonce_a, nonce_d });
+                    ready = Some(info);
+                    Ok(())
+                }
+                (_, true, _) => Err(unexpected("awaiting the AUTH response")),
+                _ => Err(unexpected("awaiting hello")),
+            }
+        })?;
+        if ready.is_some() {
+            self.done = true;
+            if self.decoder.has_partial() {
+                // Part of another frame came with it: the dialer did not wait for the answer,
+                // and those bytes would be lost if the socket moved to another shard.
+                return Err(ProtocolError::Malformed {
+                    kind: Kind::Hello,
+                    what: "bytes followed the hello before it was answered",
+                });
+            }
+        } else if self.hello.is_some() && self.decoder.has_partial() {
             return Err(ProtocolError::Malformed {
                 kind: Kind::Hello,
-                what: "bytes followed the hello before it was answered",
+                what: "bytes followed the hello before the AUTH challenge",
             });
         }
-        Ok(self.hello.take())
+        Ok(ready)
     }
 
     /// Fails the handshake once the deadline has passed.

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ack;
+pub mod auth;
 pub mod connection;
 pub mod error;
 pub mod frame;

@@ -1,16 +1,19 @@
 //! Security: the TLS adapter on the shard's link layer (`tls.rs`, the only file that names
 //! rustls), node identity in certificates (`identity.rs`) and the security modes that say what
-//! a node accepts and dials, and per-peer rate limits (`rate.rs`). AUTH comes next.
+//! a node accepts and dials, the shared secret of AUTH and its MAC (`auth.rs`), and per-peer
+//! rate limits (`rate.rs`).
 //!
 //! Must never depend on `shard`, `route` or `api`: like `proto`, it takes bytes from the caller
 //! and hands bytes back; the shard moves them between the ring and proto.
 
 use std::path::PathBuf;
 
+pub(crate) mod auth;
 pub(crate) mod identity;
 pub(crate) mod rate;
 pub(crate) mod tls;
 
+pub use auth::AuthToken;
 pub use rate::RateLimit;
 
 /// TLS 1.3 for every connection of an engine, from PEM files (see docs/security.md).

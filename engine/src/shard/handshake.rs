@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::net::dial::crossing_keeps_ours;
-use crate::proto::handshake::{Accepting, HelloInfo};
+use crate::proto::handshake::{AcceptAuth, Accepting, HelloInfo};
 use crate::proto::{Connection, GoAwayReason, Role};
 use crate::route::{Command, PeerShared};
 use crate::sys::socket;
@@ -44,7 +44,17 @@ impl State {
         // The deadline covers the TLS handshake too: a dialer that never finishes it is
         // closed like one that never sends its HELLO.
         let deadline = self.now + self.config.handshake_timeout;
-        let index = self.new_conn(fd, Phase::Accepting(Accepting::new(deadline)));
+        let accepting = match &self.proto_config.auth {
+            Some(authenticator) => Accepting::with_auth(
+                deadline,
+                AcceptAuth {
+                    authenticator: Arc::clone(authenticator),
+                    node_id: Arc::clone(&self.proto_config.node_id),
+                },
+            ),
+            None => Accepting::new(deadline),
+        };
+        let index = self.new_conn(fd, Phase::Accepting(accepting));
         let conn = &mut self.conns[index];
         conn.link = link;
         conn.recv.wanted = true;

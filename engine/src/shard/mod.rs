@@ -216,6 +216,10 @@ impl Shard {
                 .compression
                 .enabled
                 .then_some(config.compression.min_size),
+            auth: config.auth_token.as_ref().map(|token| {
+                Arc::new(crate::security::auth::HmacAuth::new(token))
+                    as Arc<dyn crate::proto::auth::Authenticator>
+            }),
             handshake_timeout: config.handshake_timeout,
             heartbeat: config.heartbeat,
             ack: config.ack,

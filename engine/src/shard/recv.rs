@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::proto::GoAwayReason;
 use crate::proto::connection::CloseCause;
 use crate::proto::frame::Seq;
 use crate::proto::frame::{self, Frame};
+use crate::proto::{GoAwayReason, ProtocolError};
 use crate::route::stage::{self, Staged};
 use crate::security::tls::{TlsFailure, TlsFailureKind};
 
@@ -127,7 +127,16 @@ impl State {
         let conn = &mut self.conns[index];
         match &mut conn.phase {
             Phase::Accepting(acc) => match acc.handle_bytes(data) {
-                Ok(None) => {}
+                Ok(None) => {
+                    // The AUTH challenge, if the HELLO asked for one.
+                    let challenge = acc.take_transmit();
+                    if !challenge.is_empty() {
+                        conn.link.poll_transmit(&mut conn.out, |out, _| {
+                            out.extend_from_slice(&challenge);
+                        });
+                        self.mark_dirty(index);
+                    }
+                }
                 Ok(Some(hello)) => self.route_hello(index, hello),
                 Err(err) => self.reject(index, &err),
             },
@@ -182,6 +191,9 @@ impl State {
                 if let Err(err) = &result {
                     self.counters.protocol_errors += 1;
                     tracing::warn!(peer = %ps.shared.node_id, error = %err, "protocol error; closing connection");
+                    if !was_established && matches!(err, ProtocolError::Unauthenticated(_)) {
+                        refused = Some((HandshakeCause::Other, err.to_string()));
+                    }
                 }
                 let established = proto.is_established();
                 let retry_after = match proto.close_cause() {
