@@ -51,6 +51,12 @@ pub enum Error {
     /// node dialed asked for a client certificate this node did not present (its TLS alert
     /// `certificate_required`). Give the node a certificate the peer's CA signed.
     MtlsRequired { reason: String },
+    /// No peer of that node id is known to the engine ([`Engine::known_peer`](crate::Engine));
+    /// declare it with `Engine::connect` or `Engine::peer` first.
+    PeerNotFound { node_id: String },
+    /// A wait ran out of time ([`Confirm::wait`](crate::Confirm::wait)): the message is still
+    /// queued or in flight, and will be delivered; only the wait ended. Wait again, or go on.
+    Timeout { waited: std::time::Duration },
     /// The peer's outbound rate limit ([`Config::outbound_rate_limit`](crate::Config)) has no
     /// token left: the payload is handed back; retry after `retry_after`, when the bucket will
     /// have one (for a batch, enough for all of it; the payload is then empty).
@@ -115,6 +121,8 @@ impl fmt::Display for Error {
                 write!(f, "handshake with {peer} failed: {reason}")
             }
             Error::TlsRequired { reason } => write!(f, "TLS required: {reason}"),
+            Error::PeerNotFound { node_id } => write!(f, "no peer {node_id:?} is known"),
+            Error::Timeout { waited } => write!(f, "timed out after {waited:?}"),
             Error::RateLimited {
                 payload,
                 retry_after,

@@ -213,6 +213,21 @@ impl Engine {
         self.router.peer(node_id)
     }
 
+    /// A handle to `node_id` if the engine knows it already (the application declared it with
+    /// [`Engine::peer`] or [`Engine::connect`], or it dialed in), without creating it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerNotFound`] for a node id the engine has never heard of: declare it with
+    /// [`Engine::connect`] (or [`Engine::peer`]) first.
+    pub fn known_peer(&self, node_id: &str) -> Result<Peer, Error> {
+        self.router
+            .known_peer(node_id)
+            .ok_or_else(|| Error::PeerNotFound {
+                node_id: node_id.to_owned(),
+            })
+    }
+
     /// Queues `payload` for `peer`; see [`Peer::publish`].
     ///
     /// # Errors

@@ -4,7 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use crate::MessageId;
 use crate::error::Error;
@@ -100,6 +101,36 @@ impl Confirm {
     /// The id of the message, unless `publish` refused it.
     pub fn id(&self) -> Option<MessageId> {
         self.id
+    }
+
+    /// Blocks the calling thread until the peer acknowledges the message, or `timeout` passes;
+    /// for code without an executor. Async code awaits the `Confirm` under its executor's
+    /// timeout instead.
+    ///
+    /// # Errors
+    ///
+    /// What awaiting it would give, or [`Error::Timeout`] (the message is not withdrawn: it is
+    /// still delivered; only the wait ended).
+    pub fn wait(mut self, timeout: Duration) -> Result<MessageId, Error> {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Poll::Ready(result) = Pin::new(&mut self).poll(&mut cx) {
+                return result;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout { waited: timeout });
+            }
+            std::thread::park_timeout(deadline - now);
+        }
     }
 }
 

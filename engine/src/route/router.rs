@@ -66,6 +66,14 @@ impl Router {
         }
     }
 
+    /// A handle to `node_id` if the engine already knows it, without creating it.
+    pub(crate) fn known_peer(self: &Arc<Self>, node_id: &str) -> Option<Peer> {
+        self.registry.get(node_id).map(|shared| Peer {
+            shared,
+            router: Arc::clone(self),
+        })
+    }
+
     /// The peer's shared state, created if new: for the application, which may declare as many
     /// peers as it likes.
     pub(crate) fn peer_shared(&self, node_id: &str) -> Arc<PeerShared> {
