@@ -873,18 +873,6 @@ fn reencode(head: &Bytes, batching: bool, encoding: Encoding) -> Option<Bytes> {
         return None;
     }
     let mut out = Vec::with_capacity(head.len() + head.len() / 2);
-    let sum_len = encoding.checksum_len();
-    let msg = |seq: Seq, payload: &[u8], full_len: usize, out: &mut Vec<u8>| {
-        let mut head = frame::msg_head(seq, sum_len + full_len);
-        if encoding.crc {
-            head[5] = frame::FLAG_CRC;
-        }
-        out.extend_from_slice(&head);
-        if encoding.crc {
-            out.extend_from_slice(&frame::crc32c(payload).to_le_bytes());
-        }
-        out.extend_from_slice(payload);
-    };
     for bytes in frames {
         if !refused(bytes) {
             out.extend_from_slice(bytes);
@@ -903,7 +891,7 @@ fn reencode(head: &Bytes, batching: bool, encoding: Encoding) -> Option<Bytes> {
                 frame::set_body_len(&mut out[at..], body_len);
             } else {
                 for (seq, payload) in (seq_first.0..).map(Seq).zip(entries.iter()) {
-                    msg(seq, payload, payload.len(), &mut out);
+                    write_msg(seq, payload, payload.len(), encoding.crc, &mut out);
                 }
             }
             continue;
@@ -987,18 +975,6 @@ fn reencode_msg(bytes: &[u8], encoding: Encoding, out: &mut Vec<u8>) {
     if flags & frame::FLAG_CRC != 0 {
         at += frame::CHECKSUM_LEN;
     }
-    let write = |payload: &[u8], full_len: usize, crc: bool, out: &mut Vec<u8>| {
-        let sum_len = if crc { frame::CHECKSUM_LEN } else { 0 };
-        let mut head = frame::msg_head(seq, sum_len + full_len);
-        if crc {
-            head[5] = frame::FLAG_CRC;
-        }
-        out.extend_from_slice(&head);
-        if crc {
-            out.extend_from_slice(&frame::crc32c(payload).to_le_bytes());
-        }
-        out.extend_from_slice(payload);
-    };
     if flags & frame::FLAG_LZ4 != 0 {
         let raw_len = u32::from_le_bytes(
             bytes[at..at + frame::LZ4_PREFIX_LEN]
@@ -1007,12 +983,28 @@ fn reencode_msg(bytes: &[u8], encoding: Encoding, out: &mut Vec<u8>) {
         ) as usize;
         let payload = lz4_flex::block::decompress(&bytes[at + frame::LZ4_PREFIX_LEN..], raw_len)
             .expect("a block this node compressed");
-        write(&payload, raw_len, encoding.crc, out);
+        write_msg(seq, &payload, raw_len, encoding.crc, out);
     } else {
         let full_len = body_len - (at - frame::HEADER_LEN);
         let whole = bytes.len() == frame::HEADER_LEN + body_len;
-        write(&bytes[at..], full_len, encoding.crc && whole, out);
+        write_msg(seq, &bytes[at..], full_len, encoding.crc && whole, out);
     }
+}
+
+/// Appends a MSG frame for message `seq` whose payload is `full_len` bytes, of which `payload`
+/// is the start (all of it, unless the rest follows in a segment's tail), with the payload's
+/// checksum if `crc` (which needs the whole payload).
+fn write_msg(seq: Seq, payload: &[u8], full_len: usize, crc: bool, out: &mut Vec<u8>) {
+    let sum_len = if crc { frame::CHECKSUM_LEN } else { 0 };
+    let mut head = frame::msg_head(seq, sum_len + full_len);
+    if crc {
+        head[5] = frame::FLAG_CRC;
+    }
+    out.extend_from_slice(&head);
+    if crc {
+        out.extend_from_slice(&frame::crc32c(payload).to_le_bytes());
+    }
+    out.extend_from_slice(payload);
 }
 
 /// What [`RxSession::handle_msg`] decided about one MSG.

@@ -289,14 +289,13 @@ impl TlsLink {
     /// Ends a server link whose dialer spoke plaintext ringwire before any TLS byte: `answer`
     /// (a plaintext GOAWAY saying TLS is required) is what goes out, unencrypted, instead of
     /// a TLS alert the dialer could not read. Nothing the dialer sent is processed.
+    /// Call only while [`TlsLink::is_fresh_server`].
     pub(crate) fn refuse_plaintext(&mut self, answer: &[u8]) -> TlsFailure {
+        debug_assert!(self.is_fresh_server());
         let failure = TlsFailure::plaintext_peer();
-        if self.failed.is_none() && self.incoming.is_empty() && matches!(self.side, Side::Server(_))
-        {
-            self.outgoing.clear();
-            self.outgoing.extend_from_slice(answer);
-            self.failed = Some(failure.clone());
-        }
+        self.outgoing.clear();
+        self.outgoing.extend_from_slice(answer);
+        self.failed = Some(failure.clone());
         failure
     }
 
