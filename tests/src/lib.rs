@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringwire::{Engine, EngineBuilder, Handler, MessageId, Peer};
+use ringwire::{Engine, EngineBuilder, Error, Handler, MessageId, Peer};
 
 /// How long any test waits for a condition before it fails. Generous: tests must pass on a
 /// slow, noisy machine; it bounds a hang, it does not measure speed.
@@ -268,4 +268,50 @@ pub fn require_root(test: &str, action: &str) -> bool {
         );
     }
     root
+}
+
+/// A handler that keeps the handshake failures an engine is told of, as `Variant: message`,
+/// and panics on any error a handshake failure is never reported as.
+#[derive(Debug, Default)]
+pub struct HandshakeFailures(Mutex<Vec<String>>);
+
+impl Handler for HandshakeFailures {
+    fn on_message(&self, _peer: &Peer, _id: MessageId, _payload: &[u8]) {}
+
+    fn on_handshake_failed(&self, _peer: &Peer, error: &Error) {
+        let variant = match error {
+            Error::HandshakeFailed { .. } => "HandshakeFailed",
+            Error::TlsRequired { .. } => "TlsRequired",
+            Error::MtlsRequired { .. } => "MtlsRequired",
+            other => panic!("a handshake failure reported as {other:?}"),
+        };
+        self.0.lock().unwrap().push(format!("{variant}: {error}"));
+    }
+}
+
+impl HandshakeFailures {
+    /// The first failure told, if any.
+    pub fn first(&self) -> Option<String> {
+        self.0.lock().unwrap().first().cloned()
+    }
+
+    /// Every failure told, in order.
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// The process's resident set size, for the tests that bound what a flood of strangers costs.
+pub fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kib: usize = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number of kB");
+    kib * 1024
 }

@@ -3,26 +3,16 @@
 //! node keeps any state for it, is told why, and the real peer's stream loses and duplicates
 //! nothing; a dialer with a secret refuses a node without one.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use ringwire::{AuthToken, Error, Handler, MessageId, Peer, PeerConfig, SecurityMode};
-use ringwire_tests::{PATIENCE, Recorder, builder, payload, publish_patiently, wait_until};
+use ringwire::{AuthToken, Error, PeerConfig, SecurityMode};
+use ringwire_tests::{
+    HandshakeFailures, PATIENCE, Recorder, builder, payload, publish_patiently, wait_until,
+};
 
 const COUNT: u64 = 20_000;
 const SECRET: &str = "the cluster's shared secret, 32+";
-
-/// Keeps the handshake failures a dialer is told of.
-#[derive(Default)]
-struct Failures(Mutex<Vec<String>>);
-
-impl Handler for Failures {
-    fn on_message(&self, _peer: &Peer, _id: MessageId, _payload: &[u8]) {}
-
-    fn on_handshake_failed(&self, _peer: &Peer, error: &Error) {
-        self.0.lock().unwrap().push(error.to_string());
-    }
-}
 
 fn with_secret(secret: Option<&str>) -> impl FnOnce(&mut ringwire::Config) + Send + 'static {
     let token = secret.map(AuthToken::new);
@@ -51,7 +41,7 @@ fn impostors_without_the_secret_are_refused_and_the_real_stream_goes_on() {
         ("a wrong secret", Some("not the cluster's secret at all")),
         ("no secret", None),
     ] {
-        let told = Arc::new(Failures::default());
+        let told = Arc::new(HandshakeFailures::default());
         let impostor = builder("node-a", 1)
             .configure(with_secret(secret))
             .handler(Arc::clone(&told))
@@ -62,10 +52,8 @@ fn impostors_without_the_secret_are_refused_and_the_real_stream_goes_on() {
             &fake,
             Bytes::from_static(b"\xff\xff\xff\xff\xff\xff\xff\xffinjected"),
         );
-        wait_until("the impostor told why", || {
-            !told.0.lock().unwrap().is_empty()
-        });
-        let why = told.0.lock().unwrap()[0].clone();
+        wait_until("the impostor told why", || told.first().is_some());
+        let why = told.first().unwrap();
         eprintln!("the impostor with {name} was told: {why}");
         assert!(
             why.contains("unauthenticated") || why.contains("AUTH"),
@@ -94,7 +82,7 @@ fn a_dialer_with_a_secret_refuses_a_node_without_one() {
         .handler(Arc::clone(&sink))
         .start()
         .unwrap();
-    let told = Arc::new(Failures::default());
+    let told = Arc::new(HandshakeFailures::default());
     let a = builder("node-a", 1)
         .configure(with_secret(Some(SECRET)))
         .handler(Arc::clone(&told))
@@ -104,10 +92,8 @@ fn a_dialer_with_a_secret_refuses_a_node_without_one() {
         .connect(PeerConfig::new("node-b", [b.local_addr().unwrap()]))
         .unwrap();
     publish_patiently(&peer, payload(0, 64));
-    wait_until("the dialer refused the node", || {
-        !told.0.lock().unwrap().is_empty()
-    });
-    let why = told.0.lock().unwrap()[0].clone();
+    wait_until("the dialer refused the node", || told.first().is_some());
+    let why = told.first().unwrap();
     eprintln!("the dialer said: {why}");
     assert!(why.contains("without proving the shared secret"), "{why}");
     assert_eq!(sink.total(), 0, "nothing was delivered to an unproven node");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ringwire::AuthToken;
 use ringwire::proto::frame::{BODY_LEN_MAX_DEFAULT, CAP_AUTH, HEADER_LEN};
 use ringwire::proto::{Frame, Hello, Seq, SessionId};
-use ringwire_tests::{PATIENCE, Recorder, builder, wait_until};
+use ringwire_tests::{PATIENCE, Recorder, builder, rss_bytes, wait_until};
 
 const STRANGERS: usize = 5000;
 
@@ -79,19 +79,4 @@ fn flood(addr: std::net::SocketAddr, count: usize, first: usize) {
         }
         while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
     }
-}
-
-/// The process's resident set size.
-fn rss_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/self/status");
-    let kib: usize = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("a number of kB");
-    kib * 1024
 }

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 
 use ringwire_tests::certs::OpensslCa;
-use ringwire_tests::{PATIENCE, Recorder, builder, hello_frame, wait_until};
+use ringwire_tests::{PATIENCE, Recorder, builder, hello_frame, rss_bytes, wait_until};
 
 const STRANGERS: usize = 5000;
 
@@ -58,19 +58,4 @@ fn flood(addr: std::net::SocketAddr, count: usize, first: usize) {
         let _ = stream.write_all(&hello);
         while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
     }
-}
-
-/// The process's resident set size.
-fn rss_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/self/status");
-    let kib: usize = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("a number of kB");
-    kib * 1024
 }

@@ -7,33 +7,14 @@ use std::io::{Read, Write};
 
 use rustls::pki_types::pem::PemObject;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringwire::{
-    Config, Engine, Error, Handler, MessageId, NodeIdVerification, Peer, PeerConfig, SecurityMode,
-    TlsConfig,
-};
+use ringwire::{Config, Engine, Error, NodeIdVerification, PeerConfig, SecurityMode, TlsConfig};
 use ringwire_tests::certs::OpensslCa;
-use ringwire_tests::{PATIENCE, Recorder, builder, hello_frame, payload, publish_patiently};
-
-/// Keeps the errors a dialer is told of, as `Variant: message`.
-#[derive(Default)]
-struct Told(Mutex<Vec<String>>);
-
-impl Handler for Told {
-    fn on_message(&self, _peer: &Peer, _id: MessageId, _payload: &[u8]) {}
-
-    fn on_handshake_failed(&self, _peer: &Peer, error: &Error) {
-        let variant = match error {
-            Error::HandshakeFailed { .. } => "HandshakeFailed",
-            Error::TlsRequired { .. } => "TlsRequired",
-            Error::MtlsRequired { .. } => "MtlsRequired",
-            other => panic!("a handshake failure reported as {other:?}"),
-        };
-        self.0.lock().unwrap().push(format!("{variant}: {error}"));
-    }
-}
+use ringwire_tests::{
+    HandshakeFailures, PATIENCE, Recorder, builder, hello_frame, payload, publish_patiently,
+};
 
 /// What happened to one dialer.
 #[derive(Debug)]
@@ -119,7 +100,7 @@ fn attempt(
         Client::MtlsWrongCa => Some(cas.other.node(&id, &[&id], &cas.ca)),
         Client::TlsNoCert => unreachable!(),
     };
-    let told = Arc::new(Told::default());
+    let told = Arc::new(HandshakeFailures::default());
     let dialer = builder(&id, 1)
         .configure(move |c| {
             c.tls = tls;
@@ -140,8 +121,8 @@ fn attempt(
         if sink.tally(&id).count > 0 {
             break Outcome::Session;
         }
-        if let Some(first) = told.0.lock().unwrap().first() {
-            break Outcome::Refused(first.clone());
+        if let Some(first) = told.first() {
+            break Outcome::Refused(first);
         }
         assert!(
             start.elapsed() < PATIENCE,

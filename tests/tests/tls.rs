@@ -6,36 +6,14 @@
 
 use std::sync::Arc;
 
-use std::sync::Mutex;
-
 use bytes::Bytes;
-use ringwire::{Engine, Error, Handler, MessageId, Peer, PeerConfig, TlsConfig};
+use ringwire::{Engine, PeerConfig, TlsConfig};
 use ringwire_tests::certs::OpensslCa;
-use ringwire_tests::{PATIENCE, Recorder, builder, payload, publish_patiently, wait_until};
+use ringwire_tests::{
+    HandshakeFailures, PATIENCE, Recorder, builder, payload, publish_patiently, wait_until,
+};
 
 const COUNT: u64 = 50_000;
-
-/// Keeps the handshake failures a dialer is told of.
-#[derive(Default)]
-struct Failures(Mutex<Vec<String>>);
-
-impl Handler for Failures {
-    fn on_message(&self, _peer: &Peer, _id: MessageId, _payload: &[u8]) {}
-
-    fn on_handshake_failed(&self, peer: &Peer, error: &Error) {
-        assert!(matches!(error, Error::HandshakeFailed { .. }), "{error:?}");
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("{}: {error}", peer.node_id()));
-    }
-}
-
-impl Failures {
-    fn first(&self) -> Option<String> {
-        self.0.lock().unwrap().first().cloned()
-    }
-}
 
 fn tls_node(id: &str, shards: usize, tls: &TlsConfig, sink: &Arc<Recorder>) -> Engine {
     let tls = tls.clone();
@@ -134,7 +112,7 @@ fn a_dialer_whose_certificate_names_another_node_is_refused() {
     wait_until("the real peer connected", || sink.total() > 0);
 
     // The impostor's certificate is valid, and names "mallory".
-    let told = Arc::new(Failures::default());
+    let told = Arc::new(HandshakeFailures::default());
     let impostor = builder("node-a", 1)
         .configure({
             let tls = ca.node("mallory", &["mallory"], &ca);
@@ -153,7 +131,9 @@ fn a_dialer_whose_certificate_names_another_node_is_refused() {
     let why = told.first().unwrap();
     eprintln!("the impostor was told: {why}");
     assert!(
-        why.starts_with("node-b: ") && why.contains("unauthenticated") && why.contains("mallory"),
+        why.starts_with("HandshakeFailed: handshake with node-b failed: ")
+            && why.contains("unauthenticated")
+            && why.contains("mallory"),
         "{why}"
     );
     (COUNT / 2..COUNT).for_each(|n| _ = publish_patiently(&to_b, payload(n, 64)));
@@ -210,7 +190,7 @@ fn a_certificate_from_another_ca_gets_no_session() {
     };
     let sink = Arc::new(Recorder::default());
     let b = tls_node("node-b", 1, &ca.node("node-b", &["node-b"], &ca), &sink);
-    let told = Arc::new(Failures::default());
+    let told = Arc::new(HandshakeFailures::default());
     let dial = |id: &str, tls: TlsConfig| {
         let engine = builder(id, 1)
             .configure(move |c| c.tls = Some(tls))
@@ -236,7 +216,11 @@ fn a_certificate_from_another_ca_gets_no_session() {
     // The dialers are told why: the outsider of the node's refusal (its connection ends in the
     // handshake), the doubter of the certificate it could not verify.
     wait_until("a dialer told why", || told.first().is_some());
-    let reasons = told.0.lock().unwrap().clone();
+    let reasons = told.all();
+    assert!(
+        reasons.iter().all(|r| r.starts_with("HandshakeFailed: ")),
+        "{reasons:?}"
+    );
     eprintln!("dialers were told: {reasons:?}");
     assert!(
         reasons.iter().any(|r| r.contains("certificate")),
